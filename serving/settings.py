@@ -1,0 +1,84 @@
+"""The ``rlhf serve`` settings tree (``RLHF_…`` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from feedback.settings import KafkaSettings, ProcessSettings, RegistrySettings
+
+
+class HttpSettings(BaseModel):
+    """The OpenAI-compatible HTTP API (``RLHF_HTTP__…``)."""
+
+    host: str = Field("0.0.0.0", description="Interface the HTTP server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    root_path: str = Field("", description="ASGI root path when served behind a proxy prefix.")
+
+
+class GrpcSettings(BaseModel):
+    """The gRPC API (``RLHF_GRPC__…``)."""
+
+    enabled: bool = Field(True, description="Serve gRPC next to HTTP.")
+    host: str = Field("0.0.0.0", description="Interface the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    max_workers: int = Field(32, ge=1, description="Concurrent RPCs served at once.")
+
+
+class EngineSettings(BaseModel):
+    """How the vLLM engine is built (``RLHF_ENGINE__…``); mirrors vLLM's engine args."""
+
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length; defaults to the model's own.")
+    dtype: str = Field("auto", description="Weights dtype: auto, float32, bfloat16, float16.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (vLLM TP).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    max_num_seqs: int = Field(256, ge=1, description="Most sequences the engine runs at once.")
+    max_waiting_requests: int = Field(
+        1024, ge=1, description="Requests beyond this many queued are refused with 429.")
+    enforce_eager: bool = Field(True, description="Skip CUDA graphs / torch.compile warm-up.")
+    seed: int = Field(0, description="Engine seed (per-request seeds override it).")
+    kv_cache_space_gib: float | None = Field(
+        None, gt=0, description="CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+
+
+class AuthSettings(BaseModel):
+    """API keys and their roles (``RLHF_AUTH__…``). No keys configured means open access."""
+
+    keys: dict[str, Literal["user", "labeler", "admin"]] = Field(
+        default_factory=dict,
+        description='API key → role, as JSON: {"sk-abc": "labeler"}.')
+    keys_file: Path | None = Field(
+        None, description="A JSON or YAML file mapping API keys to roles.")
+
+
+class ServeSettings(ProcessSettings):
+    """Everything ``rlhf serve`` reads."""
+
+    model: str | None = Field(
+        None, description="Checkpoint directory or the registry's live policy when unset.")
+    served_model_name: str | None = Field(
+        None, description="Model id clients pass as `model`; defaults to the model path name.")
+    policy_version: str | None = Field(
+        None, description="Version label of --model when it is not a registry version.")
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    publish_events: bool = Field(
+        True, description="Publish completion events to Kafka (feedback needs a broker).")
+    event_buffer_size: int = Field(
+        10000, ge=1, description="Completion events kept while the broker is unreachable.")
+    default_max_tokens: int = Field(
+        16, ge=1, description="max_tokens when a request omits it (OpenAI's default is 16).")
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServeSettings:
+        if self.grpc.enabled and self.http.port and self.http.port == self.grpc.port:
+            raise ValueError("RLHF_HTTP__PORT and RLHF_GRPC__PORT must differ")
+        return self
