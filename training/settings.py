@@ -1,0 +1,31 @@
+"""Settings trees of the training worker (``rlhf train …``) and deploy controller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from feedback.settings import DatabaseSettings, KafkaSettings, ProcessSettings, RegistrySettings
+
+
+class TrainSettings(ProcessSettings):
+    """Everything ``rlhf train …`` reads; recipe details come from its YAML config."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    config_dir: Path | None = Field(
+        None, description="Directory of recipe YAML files overriding the packaged ones.")
+    min_new_rankings: int = Field(
+        50, ge=1, description="`train cycle` retrains the reward model after this many.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 disables it.")
+
+
+class DeploySettings(ProcessSettings):
+    """Everything ``rlhf deploy …`` (the deploy controller) reads."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    auto_promote: bool = Field(False, description="Promote candidates that pass every gate.")
