@@ -1,0 +1,64 @@
+"""The ``rlhf`` command: one sub-command per process (see ARCHITECTURE.md).
+
+This module only wires the process families together; each family owns its commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(help="Serve InstructGPT-style policies and improve them from feedback.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+model_app = typer.Typer(help="Build and inspect model checkpoints.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def _override(settings: Any, **dotted: Any) -> Any:
+    """Apply CLI options (``http.port=…``) on top of the env-derived settings."""
+    for path, value in dotted.items():
+        if value is None:
+            continue
+        *parents, leaf = path.split("__")
+        target = settings
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, leaf, value)
+    return settings
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(None, help="Checkpoint directory (default: registry's live policy)."),
+    host: str = typer.Option(None, help="HTTP bind address."),
+    port: int = typer.Option(None, help="HTTP port."),
+    grpc_port: int = typer.Option(None, help="gRPC port."),
+    served_model_name: str = typer.Option(None, help="Model id clients use."),
+    policy_version: str = typer.Option(None, help="Version label for --model."),
+    max_model_len: int = typer.Option(None, help="Context length."),
+    tensor_parallel_size: int = typer.Option(None, help="GPUs per replica."),
+) -> None:
+    """Serve the OpenAI-compatible HTTP API and the gRPC API on a vLLM engine."""
+    from serving.server import serve as run
+    from serving.settings import ServeSettings
+
+    settings = _override(
+        ServeSettings(), model=model, served_model_name=served_model_name,
+        policy_version=policy_version, http__host=host, http__port=port, grpc__port=grpc_port,
+        engine__max_model_len=max_model_len, engine__tensor_parallel_size=tensor_parallel_size)
+    run(settings)
+
+
+@model_app.command("tiny")
+def model_tiny(out: Path = typer.Option(..., help="Directory to write the checkpoint to."),
+               seed: int = typer.Option(0, help="Weights seed.")) -> None:
+    """Build the deterministic tiny Llama checkpoint used by tests and the local loop."""
+    from training.tiny_model import build_tiny_model
+
+    typer.echo(build_tiny_model(out, seed=seed))
+
+
+if __name__ == "__main__":
+    app()

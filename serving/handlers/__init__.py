@@ -1,0 +1,1 @@
+"""Handlers hold the serving logic; HTTP routers and the gRPC servicer only call them."""

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the serving process, named in vLLM's style under ``rlhf:``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from serving.engine import EngineStats
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class ServingMetrics:
+    """All metrics of one server; a fresh registry per app keeps tests independent."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("rlhf:requests", "Requests by endpoint and HTTP status.",
+                                ["endpoint", "status"], registry=r)
+        self.e2e_latency = Histogram("rlhf:e2e_request_latency_seconds",
+                                     "Time from request arrival to the last token.",
+                                     ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("rlhf:time_to_first_token_seconds",
+                              "Time from request arrival to the first generated token.",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("rlhf:inter_token_latency_seconds",
+                             "Time between consecutive streamed tokens.",
+                             buckets=TOKEN_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("rlhf:prompt_tokens", "Prompt tokens processed.",
+                                     registry=r)
+        self.generation_tokens = Counter("rlhf:generation_tokens", "Tokens generated.",
+                                         registry=r)
+        self.running = Gauge("rlhf:num_requests_running", "Requests in the engine's batch.",
+                             registry=r)
+        self.waiting = Gauge("rlhf:num_requests_waiting", "Requests waiting to be scheduled.",
+                             registry=r)
+        self.policy = Gauge("rlhf:policy_info", "1 for the policy version being served.",
+                            ["version"], registry=r)
+        self.swaps = Counter("rlhf:policy_swaps", "Hot-swaps of the policy by outcome.",
+                             ["outcome"], registry=r)
+
+    def bind_engine(self, stats: EngineStats) -> None:
+        """Read the engine's scheduler counts at scrape time."""
+        self.running.set_function(lambda: stats.running)
+        self.waiting.set_function(lambda: stats.waiting)
+
+    def set_policy(self, version: str) -> None:
+        self.policy.clear()
+        self.policy.labels(version=version).set(1)

@@ -1,0 +1,77 @@
+"""Everything one serving process holds: engine, tokenizer, policy state, handlers.
+
+HTTP and gRPC both read this one object, so they serve the same engine through the
+same handlers. The engine loads in the background: the ports answer at once, and
+``/ready`` (and gRPC health) say SERVING only when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from serving.engine import Engine, VllmEngine
+from serving.handlers.generation import GenerationHandler
+from serving.handlers.policy import PolicyState
+from serving.metrics import ServingMetrics
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: ServeSettings, model_path: str, version: str):
+        self.settings = settings
+        self.metrics = ServingMetrics()
+        self.policy = PolicyState(version=version, path=model_path)
+        self.model_name = settings.served_model_name or Path(model_path).name
+        self.engine: Engine | None = None
+        self.generation: GenerationHandler | None = None
+        self.sink = None
+        self.load_error: BaseException | None = None
+        self._load_task: asyncio.Task | None = None
+        self.metrics.set_policy(version)
+
+    def start_loading(self) -> None:
+        self._load_task = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            from transformers import AutoTokenizer
+
+            path = self.policy.path
+            tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
+            engine = await asyncio.to_thread(VllmEngine, path, self.settings.engine)
+            self.engine = engine
+            self.metrics.bind_engine(engine.stats)
+            self.generation = GenerationHandler(
+                engine, tokenizer, self.model_name, self.policy, self.metrics, sink=self.sink,
+                default_max_tokens=self.settings.default_max_tokens,
+                max_waiting=self.settings.engine.max_waiting_requests)
+            self.policy.loaded = True
+            log.info("Serving %s (policy %s)", self.model_name, self.policy.version)
+        except Exception as exc:  # surfaced by /health and the process exit code
+            self.load_error = exc
+            log.exception("Loading the model failed")
+
+    async def wait_loaded(self, timeout: float | None = None) -> None:
+        if self._load_task is not None:
+            await asyncio.wait_for(asyncio.shield(self._load_task), timeout)
+
+    async def healthy(self) -> bool:
+        if self.load_error is not None:
+            return False
+        if self.engine is None:
+            return True  # still loading is alive; /ready tells loaded apart
+        try:
+            await self.engine.health()
+            return True
+        except Exception:
+            return False
+
+    async def stop(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.engine is not None:
+            self.engine.shutdown()

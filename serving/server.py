@@ -1,0 +1,34 @@
+"""``rlhf serve``: one process, HTTP and gRPC, over one vLLM engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from serving.app import build_app
+from serving.runtime import Runtime
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model(settings: ServeSettings) -> tuple[str, str]:
+    """The checkpoint to serve and its version label: ``--model``, else the registry's live
+    policy."""
+    if settings.model:
+        return settings.model, settings.policy_version or "base"
+    raise SystemExit("No model: pass --model PATH (or RLHF_MODEL), or register a live policy.")
+
+
+def serve(settings: ServeSettings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_path, version = resolve_model(settings)
+    runtime = Runtime(settings, model_path, version)
+    app = build_app(runtime)
+    config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
+                            log_level=settings.log_level, timeout_graceful_shutdown=30,
+                            access_log=False)
+    asyncio.run(uvicorn.Server(config).serve())
