@@ -1,0 +1,54 @@
+{{/*
+The pod spec parts every rlhf process shares. include "rlhf.podCommon" (list . component values)
+*/}}
+{{- define "rlhf.podMetadata" -}}
+{{- $ctx := index . 0 -}}
+labels:
+  {{- include "rlhf.selectorLabels" (list $ctx (index . 1)) | nindent 2 }}
+  {{- with $ctx.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  {{- include "rlhf.configChecksum" (list $ctx (index . 1)) | nindent 2 }}
+  {{- with $ctx.Values.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{- define "rlhf.podSecurity" -}}
+serviceAccountName: {{ include "rlhf.serviceAccountName" . }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}
+
+{{/* nodeSelector, tolerations and affinity of a component's values */}}
+{{- define "rlhf.podPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* resources plus GPUs: include "rlhf.resources" (list resources gpuValues count) */}}
+{{- define "rlhf.resources" -}}
+{{- $res := deepCopy (index . 0) }}
+{{- $gpu := index . 1 }}
+{{- if $gpu.enabled }}
+{{- $gpus := dict $gpu.resourceName (index . 2 | int64) }}
+{{- $_ := set $res "limits" (merge (default dict $res.limits) $gpus) }}
+{{- $_ := set $res "requests" (merge (default dict $res.requests) $gpus) }}
+{{- end }}
+{{- toYaml $res }}
+{{- end }}
