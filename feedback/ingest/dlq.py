@@ -1,0 +1,54 @@
+"""The dead-letter topic: where records that fail to parse or validate go, with the reason.
+
+Modelled on arroyo's ``dlq.py``: the original bytes are kept untouched and the reason
+and origin travel as headers (``error``, ``source_topic``, ``source_partition``,
+``source_offset``), so a record can be inspected and replayed later.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaProducer
+
+from feedback.producer import make_producer
+from feedback.settings import KafkaSettings
+
+
+def dlq_headers(error: str, topic: str, partition: int | None,
+                offset: int | None) -> list[tuple[str, bytes]]:
+    """Headers of a dead-lettered record; partition/offset are empty when unknown."""
+    return [("error", error.encode()[:4000]), ("source_topic", topic.encode()),
+            ("source_partition", b"" if partition is None else str(partition).encode()),
+            ("source_offset", b"" if offset is None else str(offset).encode())]
+
+
+class DeadLetterQueue:
+    """Sends bad records to the DLQ topic; ``flush`` waits for every ack."""
+
+    def __init__(self, kafka: KafkaSettings):
+        self._kafka = kafka
+        self.topic = kafka.topics.dlq
+        self._producer: KafkaProducer | None = None
+        self._futures: list = []
+
+    def send(self, value: bytes | None, key: bytes | None, error: str, topic: str,
+             partition: int | None, offset: int | None) -> None:
+        if self._producer is None:
+            self._producer = make_producer(self._kafka)
+        self._futures.append(self._producer.send(
+            self.topic, value=value or b"", key=key,
+            headers=dlq_headers(error, topic, partition, offset)))
+
+    def flush(self) -> int:
+        """Wait until everything sent is acknowledged; raises KafkaError otherwise."""
+        futures, self._futures = self._futures, []
+        deadline = time.monotonic() + self._kafka.request_timeout_ms / 1000
+        for f in futures:
+            f.get(timeout=max(0.0, deadline - time.monotonic()))
+        return len(futures)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None

@@ -1,0 +1,121 @@
+"""Turning a feedback event into rows: resolve choice indices to texts, or reject the event.
+
+Pure functions, no session: given the completion a piece of feedback refers to (or
+``None`` when it carries its own texts), build the ``FeedbackTable`` row with its kind's
+child row attached, or raise :class:`InvalidEvent` when the feedback does not fit the
+completion (a choice index beyond its ``n``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from feedback.events import (
+    Comparison,
+    CompletionRecord,
+    Demonstration,
+    InvalidEvent,
+    Ranking,
+    Rating,
+)
+from feedback.store.models import (
+    ComparisonTable,
+    CompletionTable,
+    DemonstrationTable,
+    FeedbackTable,
+    RankingEntryTable,
+    RankingTable,
+    RatingTable,
+)
+
+Feedback = Ranking | Comparison | Rating | Demonstration
+
+
+@dataclass(frozen=True)
+class CompletionView:
+    """What feedback needs from its completion: the prompt, the choice texts, the version."""
+
+    request_id: str
+    prompt: str
+    policy_version: str
+    texts: dict[int, str]
+
+    @classmethod
+    def of_event(cls, c: CompletionRecord) -> CompletionView:
+        texts = {ch.index: ch.text for ch in c.choices}
+        return cls(c.request_id, c.prompt, c.policy_version, texts)
+
+    @classmethod
+    def of_row(cls, c: CompletionTable) -> CompletionView:
+        texts = {ch.idx: ch.text for ch in c.choices}
+        return cls(c.request_id, c.prompt, c.policy_version, texts)
+
+    def text(self, index: int, field: str) -> str:
+        """The text of choice ``index``; InvalidEvent naming ``field`` if there is none."""
+        if index not in self.texts:
+            raise InvalidEvent(f"{field}: choice {index} does not exist in completion "
+                               f"{self.request_id!r}, which has {len(self.texts)} choices")
+        return self.texts[index]
+
+
+def needs_completion(event: Feedback) -> bool:
+    """Feedback that names choices by index cannot be stored until its completion is known."""
+    return not isinstance(event, Demonstration) and event.request_id is not None
+
+
+def build_feedback_row(event: Feedback, completion: CompletionView | None,
+                       stored_at: datetime) -> FeedbackTable:
+    """The row for one piece of feedback, with resolved texts. Raises InvalidEvent."""
+    row = FeedbackTable(
+        event_id=event.event_id, kind=event.type, source=event.source,
+        submitted_by=event.submitted_by, request_id=event.request_id,
+        policy_version=completion.policy_version if completion else None,
+        created_at=event.created_at, stored_at=stored_at)
+    if isinstance(event, Ranking):
+        row.ranking = _ranking(event, completion)
+    elif isinstance(event, Comparison):
+        row.comparison = _comparison(event, completion)
+    elif isinstance(event, Rating):
+        row.rating = _rating(event, completion)
+    else:
+        row.demonstration = DemonstrationTable(
+            prompt=event.prompt_text(), messages=event.messages, response=event.response)
+    return row
+
+
+def _ranking(event: Ranking, completion: CompletionView | None) -> RankingTable:
+    if completion is not None and event.choices is not None:
+        prompt = completion.prompt
+        responses = [completion.text(i, "choices") for i in event.choices]
+        indices: list[int | None] = list(event.choices)
+    else:
+        prompt, responses = event.prompt or "", list(event.responses or [])
+        indices = [None] * len(responses)
+    entries = [RankingEntryTable(position=p, choice_index=i, response=r, rank=k)
+               for p, (i, r, k) in enumerate(zip(indices, responses, event.ranks, strict=True))]
+    return RankingTable(prompt=prompt, entries=entries)
+
+
+def _comparison(event: Comparison, completion: CompletionView | None) -> ComparisonTable:
+    if completion is not None and event.choice_a is not None and event.choice_b is not None:
+        return ComparisonTable(
+            prompt=completion.prompt, response_a=completion.text(event.choice_a, "choice_a"),
+            response_b=completion.text(event.choice_b, "choice_b"),
+            choice_a=event.choice_a, choice_b=event.choice_b, preferred=event.preferred)
+    return ComparisonTable(prompt=event.prompt or "", response_a=event.text_a or "",
+                           response_b=event.text_b or "", preferred=event.preferred)
+
+
+def _rating(event: Rating, completion: CompletionView | None) -> RatingTable:
+    if completion is not None and event.choice is not None:
+        response = completion.text(event.choice, "choice")
+        return RatingTable(prompt=completion.prompt, response=response,
+                           choice_index=event.choice, score=event.score, comment=event.comment)
+    return RatingTable(prompt=event.prompt or "", response=event.response or "",
+                       score=event.score, comment=event.comment)
+
+
+def comparison_ranks(preferred: str) -> list[int]:
+    """A comparison as a K=2 ranking of [a, b]: the preferred one gets rank 1, a tie 1 and 1."""
+    return {"a": [1, 2], "b": [2, 1], "tie": [1, 1]}[preferred]

@@ -1,0 +1,359 @@
+"""The feedback store: one transactional write path for the ingester, one query API for training.
+
+The same code runs on SQLite (the local default) and PostgreSQL (production). Writes are
+idempotent on ``event_id``: an event already in ``processed_events`` is skipped, so a
+crashed ingester that replays a batch never double-counts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from feedback.events import (
+    CompletionChoice,
+    CompletionRecord,
+    Event,
+    InvalidEvent,
+    decode_event,
+    encode_event,
+)
+from feedback.store.models import (
+    ComparisonTable,
+    CompletionChoiceTable,
+    CompletionTable,
+    DemonstrationTable,
+    FeedbackTable,
+    PendingFeedbackTable,
+    ProcessedEventTable,
+    RankingTable,
+)
+from feedback.store.resolve import (
+    CompletionView,
+    Feedback,
+    build_feedback_row,
+    comparison_ranks,
+    needs_completion,
+)
+
+FEEDBACK_KINDS = ("ranking", "comparison", "rating", "demonstration")
+
+
+@dataclass(frozen=True)
+class PreferenceGroup:
+    """One prompt's K responses; rank 1 = best; equal ranks = tie."""
+
+    seq: int
+    prompt: str
+    responses: list[str]
+    ranks: list[int]
+    source: str
+    policy_version: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class DemonstrationRow:
+    seq: int
+    prompt: str
+    response: str
+
+
+@dataclass
+class PersistResult:
+    """What one ``persist`` call did. ``rejected`` events were not stored: dead-letter them."""
+
+    completions: int = 0
+    feedback: int = 0
+    pending: int = 0
+    resolved: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[Event, InvalidEvent]] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        return self.completions + self.feedback + self.pending
+
+
+def postgres_driver(url: URL) -> URL:
+    """``postgresql://`` with whichever driver is installed (SQLAlchemy 2.1 assumes psycopg 3).
+
+    The Helm chart and tests pass plain ``postgresql://`` URLs; psycopg2-binary is what
+    the ``postgres`` extra installs.
+    """
+    if url.drivername != "postgresql" or importlib.util.find_spec("psycopg"):
+        return url
+    return url.set(drivername="postgresql+psycopg2")
+
+
+def create_store_engine(url: str, echo: bool = False) -> Engine:
+    """An engine for ``url``; for SQLite: parent dir created, WAL, FKs, immediate writes."""
+    u = make_url(url)
+    if not u.drivername.startswith("sqlite"):
+        return create_engine(postgres_driver(u), echo=echo, pool_pre_ping=True)
+    memory = u.database in (None, "", ":memory:")
+    if not memory:
+        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False},
+                           **({"poolclass": StaticPool} if memory else {}))
+    _configure_sqlite(engine, wal=not memory)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, wal: bool) -> None:
+    """Let SQLAlchemy own transactions so that writers can take the lock up front.
+
+    A deferred SQLite transaction that reads and then writes can fail with SQLITE_BUSY
+    when another writer got there first; ``BEGIN IMMEDIATE`` (for connections marked
+    ``immediate``) waits for the lock instead.
+    """
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        if wal:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # type: ignore[no-untyped-def]
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class FeedbackStore:
+    """Writes events (``persist``) and answers training's queries."""
+
+    def __init__(self, url: str, echo: bool = False):
+        self.url = url
+        self.engine = create_store_engine(url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (``alembic upgrade head``)."""
+        from feedback.store.migrate import upgrade
+
+        upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def persist(self, events: Sequence[Event]) -> PersistResult:
+        """Store a batch in ONE transaction; idempotent on event_id.
+
+        Feedback is joined to its completion (stored earlier or in this batch); feedback
+        whose completion is unknown is parked in ``pending_feedback`` and stored when the
+        completion arrives. Feedback that does not fit its completion is returned in
+        ``result.rejected`` (not stored, not marked processed) for the dead-letter topic.
+        """
+        result = PersistResult()
+        now = datetime.now(UTC)
+        with self.engine.connect().execution_options(immediate=True) as conn:
+            with Session(bind=conn) as s, s.begin():
+                self._serialize_writers(s)
+                fresh = self._unseen(s, events, result)
+                completions = [e for e in fresh if isinstance(e, CompletionRecord)]
+                feedback = [e for e in fresh if not isinstance(e, CompletionRecord)]
+                views = self._insert_completions(s, completions, now, result)
+                arrived = dict(views)
+                views.update(self._load_views(s, feedback, views))
+                for fb in feedback:
+                    self._store_feedback(s, fb, views, now, result)
+                self._resolve_pending(s, arrived, now, result)
+        return result
+
+    def _serialize_writers(self, s: Session) -> None:
+        """On PostgreSQL, one writer at a time, so seq order equals commit order.
+
+        Otherwise a reader could see seq 10 committed while seq 9 is still in flight, and a
+        training snapshot "up to the high-water mark" would silently miss seq 9. (SQLite's
+        BEGIN IMMEDIATE already serializes writers.)
+        """
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(func.now())  # ensure the transaction has begun
+            s.connection().exec_driver_sql("LOCK TABLE feedback IN SHARE ROW EXCLUSIVE MODE")
+
+    def _unseen(self, s: Session, events: Sequence[Event], result: PersistResult) -> list[Event]:
+        """Events whose event_id is neither stored already nor repeated earlier in the batch."""
+        ids = {e.event_id for e in events}
+        seen = set(s.scalars(select(ProcessedEventTable.event_id)
+                             .where(ProcessedEventTable.event_id.in_(ids)))) if ids else set()
+        fresh = []
+        for e in events:
+            if e.event_id in seen:
+                result.duplicates += 1
+                continue
+            seen.add(e.event_id)
+            fresh.append(e)
+        return fresh
+
+    def _insert_completions(self, s: Session, completions: list[CompletionRecord],
+                            now: datetime, result: PersistResult) -> dict[str, CompletionView]:
+        """Insert new completions; a request_id stored before counts as a duplicate."""
+        ids = [c.request_id for c in completions]
+        existing = set(s.scalars(select(CompletionTable.request_id)
+                                 .where(CompletionTable.request_id.in_(ids)))) if ids else set()
+        views: dict[str, CompletionView] = {}
+        for c in completions:
+            s.add(ProcessedEventTable(event_id=c.event_id))
+            if c.request_id in existing or c.request_id in views:
+                result.duplicates += 1
+                continue
+            s.add(_completion_row(c, now))
+            views[c.request_id] = CompletionView.of_event(c)
+            result.completions += 1
+        return views
+
+    def _load_views(self, s: Session, feedback: Iterable[Feedback],
+                    known: dict[str, CompletionView]) -> dict[str, CompletionView]:
+        wanted = {f.request_id for f in feedback
+                  if needs_completion(f) and f.request_id not in known}
+        if not wanted:
+            return {}
+        rows = s.scalars(select(CompletionTable).where(CompletionTable.request_id.in_(wanted)))
+        return {r.request_id: CompletionView.of_row(r) for r in rows}
+
+    def _store_feedback(self, s: Session, fb: Feedback, views: dict[str, CompletionView],
+                        now: datetime, result: PersistResult) -> None:
+        """Store joined feedback, park it as pending, or reject it into ``result``."""
+        if needs_completion(fb) and fb.request_id not in views:
+            s.add(PendingFeedbackTable(event_id=fb.event_id, request_id=fb.request_id,
+                                       payload=encode_event(fb).decode(), received_at=now))
+            s.add(ProcessedEventTable(event_id=fb.event_id))
+            result.pending += 1
+            return
+        try:
+            row = build_feedback_row(fb, views.get(fb.request_id or ""), now)
+        except InvalidEvent as e:
+            result.rejected.append((fb, e))
+            return
+        s.add(row)
+        s.add(ProcessedEventTable(event_id=fb.event_id))
+        result.feedback += 1
+
+    def _resolve_pending(self, s: Session, arrived: dict[str, CompletionView],
+                         now: datetime, result: PersistResult) -> None:
+        """Store the pending feedback whose completion arrived in this batch."""
+        if not arrived:
+            return
+        parked = s.scalars(select(PendingFeedbackTable)
+                           .where(PendingFeedbackTable.request_id.in_(arrived))
+                           .order_by(PendingFeedbackTable.id)).all()
+        for p in parked:
+            fb = decode_event(p.payload.encode())
+            try:
+                s.add(build_feedback_row(fb, arrived[p.request_id], now))  # type: ignore[arg-type]
+                result.resolved += 1
+            except InvalidEvent as e:
+                result.rejected.append((fb, e))
+        if parked:
+            s.execute(delete(PendingFeedbackTable)
+                      .where(PendingFeedbackTable.id.in_([p.id for p in parked])))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def high_water_mark(self) -> int:
+        """The largest feedback seq stored, 0 when empty; names a training data snapshot."""
+        with self._sessions() as s:
+            return s.scalar(select(func.coalesce(func.max(FeedbackTable.seq), 0))) or 0
+
+    def preference_groups(self, since: int = 0, until: int | None = None
+                          ) -> list[PreferenceGroup]:
+        """Rankings and comparisons (as K=2) with seq in (since, until], in seq order."""
+        with self._sessions() as s:
+            rankings = s.execute(_window(select(FeedbackTable, RankingTable)
+                                         .join(RankingTable), since, until)).all()
+            comparisons = s.execute(_window(select(FeedbackTable, ComparisonTable)
+                                            .join(ComparisonTable), since, until)).all()
+            groups = [_ranking_group(f, r) for f, r in rankings]
+            groups += [_comparison_group(f, c) for f, c in comparisons]
+        return sorted(groups, key=lambda g: g.seq)
+
+    def demonstrations(self, since: int = 0, until: int | None = None
+                       ) -> list[DemonstrationRow]:
+        """Demonstrations with seq in (since, until], in seq order."""
+        with self._sessions() as s:
+            rows = s.scalars(_window(select(DemonstrationTable), since, until,
+                                     DemonstrationTable.seq)).all()
+            return [DemonstrationRow(r.seq, r.prompt, r.response) for r in rows]
+
+    def recent_prompts(self, limit: int = 1000) -> list[str]:
+        """Distinct prompts of recent traffic, newest first (PPO's prompt distribution)."""
+        newest = func.max(CompletionTable.id)
+        q = (select(CompletionTable.prompt).group_by(CompletionTable.prompt)
+             .order_by(newest.desc()).limit(limit))
+        with self._sessions() as s:
+            return list(s.scalars(q))
+
+    def counts(self, until: int | None = None) -> dict[str, int]:
+        """Rows per kind (feedback up to ``until``), plus completions and pending."""
+        q = select(FeedbackTable.kind, func.count()).group_by(FeedbackTable.kind)
+        if until is not None:
+            q = q.where(FeedbackTable.seq <= until)
+        with self._sessions() as s:
+            out = dict.fromkeys(FEEDBACK_KINDS, 0)
+            out.update({k: n for k, n in s.execute(q).all()})
+            out["completions"] = s.scalar(select(func.count()).select_from(CompletionTable)) or 0
+            out["pending"] = s.scalar(select(func.count()).select_from(PendingFeedbackTable)) or 0
+            return out
+
+    def get_completion(self, request_id: str) -> CompletionRecord | None:
+        with self._sessions() as s:
+            row = s.scalar(select(CompletionTable).where(CompletionTable.request_id == request_id))
+            return _completion_event(row) if row else None
+
+
+def _window(q, since: int, until: int | None, seq=FeedbackTable.seq):  # type: ignore[no-untyped-def]
+    q = q.where(seq > since)
+    if until is not None:
+        q = q.where(seq <= until)
+    return q.order_by(seq)
+
+
+def _ranking_group(f: FeedbackTable, r: RankingTable) -> PreferenceGroup:
+    return PreferenceGroup(seq=f.seq, prompt=r.prompt,
+                           responses=[e.response for e in r.entries],
+                           ranks=[e.rank for e in r.entries], source=f.source,
+                           policy_version=f.policy_version, request_id=f.request_id)
+
+
+def _comparison_group(f: FeedbackTable, c: ComparisonTable) -> PreferenceGroup:
+    return PreferenceGroup(seq=f.seq, prompt=c.prompt, responses=[c.response_a, c.response_b],
+                           ranks=comparison_ranks(c.preferred), source=f.source,
+                           policy_version=f.policy_version, request_id=f.request_id)
+
+
+def _completion_row(c: CompletionRecord, now: datetime) -> CompletionTable:
+    return CompletionTable(
+        event_id=c.event_id, request_id=c.request_id, policy_version=c.policy_version,
+        model=c.model, endpoint=c.endpoint, prompt=c.prompt, messages=c.messages,
+        sampling_params=c.sampling_params, prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens, user=c.user, created_at=c.created_at,
+        stored_at=now,
+        choices=[CompletionChoiceTable(idx=ch.index, text=ch.text, finish_reason=ch.finish_reason,
+                                       completion_tokens=ch.completion_tokens)
+                 for ch in c.choices])
+
+
+def _completion_event(row: CompletionTable) -> CompletionRecord:
+    return CompletionRecord(
+        event_id=row.event_id, created_at=row.created_at, request_id=row.request_id,
+        policy_version=row.policy_version, model=row.model,
+        endpoint=row.endpoint,  # type: ignore[arg-type]
+        prompt=row.prompt, messages=row.messages, sampling_params=row.sampling_params,
+        prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+        user=row.user,
+        choices=[CompletionChoice(index=c.idx, text=c.text, finish_reason=c.finish_reason,
+                                  completion_tokens=c.completion_tokens) for c in row.choices])
