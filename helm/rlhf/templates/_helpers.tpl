@@ -132,7 +132,7 @@ deploy-controller) and the API keys (serving).
 {{- end }}
 {{- if has $component (list "ingester" "training" "deploy-controller") }}
 {{- $db := $ctx.Values.externalDatabase }}
-{{- $external := and (not $ctx.Values.postgresql.enabled) $db.existingSecret }}
+{{- $external := and (not $ctx.Values.postgresql.enabled) (ne $db.existingSecret "") }}
 - name: RLHF_DATABASE__URL
   valueFrom:
     secretKeyRef:

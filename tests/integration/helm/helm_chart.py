@@ -1,0 +1,214 @@
+"""Render helm/rlhf with the real Helm engine (helm-python-sdk wraps Helm v4's Go SDK).
+
+Profiles are the value sets the chart must support; each test module walks the rendered
+objects of every profile. Rendering is offline: no cluster, no chart repositories.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+CHART = Path(__file__).resolve().parents[3] / "helm" / "rlhf"
+RELEASE = "rlhf"
+NAMESPACE = "ml"
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "cpu-only": {
+        "kafka": {"strimzi": {"replicas": 1},
+                  "topics": {"partitions": 1, "replicationFactor": 1}},
+        "registry": {"accessMode": "ReadWriteOnce", "size": "5Gi"},
+        "serving": {
+            "replicas": 1,
+            "gpu": {"enabled": False},
+            "tolerations": [],
+            "engine": {"dtype": "float32", "enforceEager": True, "kvCacheSpaceGib": 4},
+            "resources": {"requests": {"cpu": "2", "memory": "8Gi"}},
+            "shmSize": "1Gi",
+            "podDisruptionBudget": {"enabled": False},
+        },
+        "ingester": {"replicas": 1},
+        "training": {"gpu": {"enabled": False}, "tolerations": [],
+                     "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}},
+    },
+    "multi-gpu": {
+        "serving": {
+            "replicas": 3,
+            "engine": {"tensorParallelSize": 4, "dtype": "bfloat16", "maxModelLen": 8192},
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "shutdown": {"longestRequestSeconds": 900},
+        },
+        "training": {
+            "distributed": {"launcher": "torchrun", "nodes": 2, "gpusPerNode": 8},
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "recipes": {"ppo.yaml": "# rlhf train ppo --config ppo.yaml\nkl_coef: 0.02\n"},
+        },
+    },
+    "multi-node-accelerate": {
+        "training": {"distributed": {"launcher": "accelerate", "nodes": 4, "gpusPerNode": 4}},
+    },
+    "external-kafka-and-db": {
+        "kafka": {
+            "strimzi": {"enabled": False},
+            "external": {
+                "bootstrapServers": "b-1.kafka.example.com:9096,b-2.kafka.example.com:9096",
+                "securityProtocol": "SASL_SSL",
+                "sasl": {"mechanism": "SCRAM-SHA-512", "username": "rlhf", "password": "s3cret"},
+                "caSecret": "kafka-ca",
+            },
+        },
+        "postgresql": {"enabled": False},
+        "externalDatabase": {"url": "postgresql+psycopg2://rlhf:pw@db.example.com:5432/rlhf"},
+        "serving": {"auth": {"keys": {"sk-user-0001": "user", "sk-labeler-01": "labeler"}}},
+    },
+    "existing-secrets": {
+        "kafka": {
+            "strimzi": {"enabled": False},
+            "external": {
+                "bootstrapServers": "kafka.data.svc:9092",
+                "securityProtocol": "SASL_PLAINTEXT",
+                "sasl": {"mechanism": "PLAIN", "username": "rlhf",
+                         "existingSecret": "kafka-user", "existingSecretKey": "password"},
+            },
+        },
+        "postgresql": {"enabled": False},
+        "externalDatabase": {"existingSecret": "feedback-db", "existingSecretKey": "url"},
+        "registry": {"existingClaim": "models-rwx"},
+        "serving": {"auth": {"existingSecret": "api-keys", "existingSecretKey": "keys.json"}},
+        "training": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+    },
+    "ingress-and-autoscaling": {
+        "serving": {
+            "http": {"port": 8080},
+            "grpc": {"port": 9090},
+            "ingress": {
+                "enabled": True, "className": "nginx",
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "900"},
+                "hosts": ["api.rlhf.example.com"],
+                "tls": [{"secretName": "rlhf-tls", "hosts": ["api.rlhf.example.com"]}],
+            },
+            "autoscaling": {
+                "enabled": True, "minReplicas": 2, "maxReplicas": 10,
+                "targetCPUUtilizationPercentage": None,
+                "metrics": [{"type": "Pods", "pods": {
+                    "metric": {"name": "rlhf_requests_waiting"},
+                    "target": {"type": "AverageValue", "averageValue": "8"}}}],
+            },
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        },
+        "ingester": {"metricsPort": 9500, "serviceMonitor": {"enabled": True}},
+        "networkPolicy": {
+            "servingFrom": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "ingress-nginx"}}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "monitoring"}}}],
+        },
+    },
+}
+
+# Kinds served by operators' CRDs; kubernetes-validate has no schema for them.
+CRD_KINDS = {"ServiceMonitor", "Kafka", "KafkaNodePool", "KafkaTopic"}
+
+# Which settings tree each component's container reads, and the sub-command it runs.
+PROCESSES = {
+    "serving": ("serving.settings", "ServeSettings", ["serve"]),
+    "ingester": ("feedback.settings", "IngestSettings", ["ingest"]),
+    "training": ("training.settings", "TrainSettings", ["train", "cycle"]),
+    "deploy-controller": ("training.settings", "DeploySettings", ["deploy", "controller"]),
+}
+
+
+@dataclass
+class Rendered:
+    """The objects one profile renders, with lookups the wiring tests need."""
+
+    values: dict[str, Any]
+    objects: list[dict[str, Any]]
+    by_kind: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for obj in self.objects:
+            self.by_kind.setdefault(obj["kind"], []).append(obj)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        return next((o for o in self.by_kind.get(kind, []) if o["metadata"]["name"] == name),
+                    None)
+
+    def one(self, kind: str, component: str) -> dict[str, Any]:
+        found = [o for o in self.by_kind.get(kind, [])
+                 if o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+        assert len(found) == 1, f"expected one {kind} of {component}, got {len(found)}"
+        return found[0]
+
+    def workloads(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(workload, pod template) of every Deployment, StatefulSet, Job and CronJob."""
+        out = []
+        for kind in ("Deployment", "StatefulSet", "Job"):
+            out += [(o, o["spec"]["template"]) for o in self.by_kind.get(kind, [])]
+        out += [(o, o["spec"]["jobTemplate"]["spec"]["template"])
+                for o in self.by_kind.get("CronJob", [])]
+        return out
+
+    def secret_value(self, name: str, key: str) -> str | None:
+        secret = self.get("Secret", name)
+        if secret is None or key not in (secret.get("data") or {}):
+            return None
+        return base64.b64decode(secret["data"][key]).decode()
+
+    def container_env(self, container: dict[str, Any]) -> dict[str, str]:
+        """Every variable the container gets: ConfigMaps via envFrom, then env entries.
+
+        A secretKeyRef to a Secret the chart does not render (an existing Secret) resolves
+        to a placeholder that names it.
+        """
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            ref = source["configMapRef"]["name"]
+            cm = self.get("ConfigMap", ref)
+            assert cm is not None, f"envFrom names ConfigMap {ref}, which is not rendered"
+            env.update(cm.get("data") or {})
+        for entry in container.get("env", []):
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+                continue
+            ref = entry["valueFrom"]["secretKeyRef"]
+            value = self.secret_value(ref["name"], ref["key"])
+            env[entry["name"]] = value if value is not None else f"<{ref['name']}/{ref['key']}>"
+        return env
+
+
+def chart() -> Any:
+    return helm.Chart.load(CHART)
+
+
+@functools.cache
+def render(profile: str) -> Rendered:
+    values = PROFILES[profile]
+    with chart() as c:
+        manifests = c.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        merged = c.merge_values(values)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    return Rendered(values=merged, objects=objects)
+
+
+def render_error(values: dict[str, Any]) -> str:
+    """The message Helm gives for values it refuses; fails the test if it accepts them."""
+    with chart() as c:
+        try:
+            c.render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm.HelmError as exc:
+            return str(exc)
+    pytest.fail(f"the chart accepted bad values {values}")
