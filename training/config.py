@@ -1,0 +1,56 @@
+"""Recipe configs: YAML files validated into pydantic models, with dotted overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+C = TypeVar("C", bound=BaseModel)
+
+
+class RunConfig(BaseModel):
+    """Fields every recipe shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | None = Field(
+        None, description="Start from this registry version or checkpoint path; "
+                          "default: the live policy, else the newest policy.")
+    seed: int = Field(0, description="Seed of data splits, shuffling and initialisation.")
+    max_len: int = Field(512, ge=8, description="Most tokens of prompt + response.")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many updates.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Prompts held out for eval.")
+    eval_every: int = Field(0, ge=0, description="Eval every N updates; 0 = each epoch.")
+    grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
+    mixed_precision: str = Field("no", description="accelerate mixed precision: no|bf16|fp16.")
+    fsdp: bool = Field(False, description="Shard with FSDP instead of DDP (large models).")
+    progress: bool = Field(True, description="Show tqdm progress bars.")
+
+
+def deep_update(base: dict[str, Any], dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` overrides ``base["a"]["b"]``."""
+    out = dict(base)
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(cls: type[C], path: Path | None, default_name: str,
+                overrides: dict[str, Any] | None = None) -> C:
+    """Read ``path`` (or the packaged ``configs/<default_name>``) into ``cls``."""
+    path = Path(path) if path else CONFIG_DIR / default_name
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    return cls.model_validate(deep_update(data, overrides or {}))

@@ -1,0 +1,197 @@
+"""Step 2 of InstructGPT: the reward model, trained on K-way rankings grouped per prompt.
+
+Each batch element is one prompt group: its K responses are scored once and every score
+is reused in all C(K,2) pairs of the group (``kway_ranking_loss``); comparisons are
+groups with K = 2 and ties give no pair. Train and eval are split by prompt. After
+training, a bias makes labeler demonstrations score 0 on average (or, without
+demonstrations, the policy's samples: the ranked responses). The result is a reward
+version in the registry, announced as a candidate.
+
+Run: ``rlhf train reward --config training/configs/reward.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+
+from feedback.registry import Manifest, Registry
+from feedback.settings import KafkaSettings
+from training.config import RunConfig
+from training.datasets import (
+    GroupCollator,
+    RankedGroup,
+    TrainingDataError,
+    ranked_group,
+    split_by_prompt,
+)
+from training.losses import kway_ranking_loss, pairwise_preferences
+from training.metrics import MetricsLog
+from training.reward_model import RewardModel, score_pairs
+from training.runs import Snapshot, make_accelerator, publish, resolve_base, snapshot
+
+
+class RewardConfig(RunConfig):
+    """``training/configs/reward.yaml``."""
+
+    groups_per_batch: int = Field(8, ge=1, description="Prompt groups per update (paper: 64).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (paper: 9e-6).")
+    min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Cosine decays to this × lr.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Prompts held out for eval.")
+    bias_max_samples: int = Field(512, ge=1, description="Most samples used for the bias.")
+
+
+def load_groups(store, snap: Snapshot, tokenizer, max_len: int) -> list[RankedGroup]:
+    """Rankings and comparisons up to the mark, tokenised; groups of ties only dropped."""
+    rows = store.preference_groups(until=snap.data_mark)
+    groups = [ranked_group(tokenizer, g.prompt, g.responses, g.ranks, max_len) for g in rows]
+    usable = [g for g in groups if g is not None]
+    if not usable:
+        raise TrainingDataError(
+            f"no ranking or comparison with an untied pair in the feedback store up to mark "
+            f"{snap.data_mark} ({len(rows)} groups, all ties); submit rankings first")
+    return usable
+
+
+def forward_groups(model, batch: dict[str, torch.Tensor]):
+    """Score each response once, gather scores into (G, K) and apply the K-way loss."""
+    rewards = model(batch["input_ids"], batch["attention_mask"])  # (N,)
+    grouped = rewards[batch["index"]]  # (G, K)
+    return kway_ranking_loss(grouped, batch["ranks"], batch["group_mask"]), grouped
+
+
+@torch.no_grad()
+def evaluate(model, loader) -> dict[str, float]:
+    """Held-out loss and pairwise accuracy, overall and by K (``accuracy_k4`` …)."""
+    model.eval()
+    correct: dict[int, int] = defaultdict(int)
+    pairs: dict[int, int] = defaultdict(int)
+    losses = []
+    for batch in loader:
+        out, grouped = forward_groups(model, batch)
+        losses.append(out.loss.item())
+        prefs = pairwise_preferences(batch["ranks"], batch["group_mask"])  # (G, K, K)
+        wins = prefs & (grouped.unsqueeze(2) > grouped.unsqueeze(1))
+        for k, c, p in zip(batch["group_mask"].sum(1).tolist(), wins.sum((1, 2)).tolist(),
+                           prefs.sum((1, 2)).tolist(), strict=True):
+            correct[k] += c
+            pairs[k] += p
+    model.train()
+    result = {"loss": sum(losses) / len(losses),
+              "accuracy": sum(correct.values()) / max(sum(pairs.values()), 1)}
+    result.update({f"accuracy_k{k}": correct[k] / pairs[k] for k in sorted(pairs) if pairs[k]})
+    return result
+
+
+def bias_samples(store, snap: Snapshot, limit: int, seed: int
+                 ) -> tuple[list[tuple[str, str]], str]:
+    """(prompt, response) pairs the bias centres: demonstrations, else policy samples."""
+    demos = store.demonstrations(until=snap.data_mark)
+    if demos:
+        pairs, source = [(d.prompt, d.response) for d in demos], "demonstrations"
+    else:
+        rows = store.preference_groups(until=snap.data_mark)
+        pairs = [(g.prompt, r) for g in rows for r in g.responses]
+        source = "policy_samples"
+    random.Random(seed).shuffle(pairs)
+    return pairs[:limit], source
+
+
+def train(cfg: RewardConfig, *, store, registry: Registry,
+          kafka: KafkaSettings | None = None) -> Manifest:
+    """Train a reward model on the store's rankings; returns the new reward version."""
+    t0 = time.monotonic()
+    accelerator = make_accelerator(cfg)
+
+    # 1. Snapshot the store and load the prompt groups (ties-only groups dropped).
+    snap = snapshot(store)
+    base_path, parent = resolve_base(registry, cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    groups = load_groups(store, snap, tokenizer, cfg.max_len)
+
+    # 2. Split by prompt: no prompt is in both train and eval.
+    train_groups, eval_groups = split_by_prompt(groups, lambda g: g.prompt, cfg.eval_fraction,
+                                                cfg.seed)
+    per_process = max(cfg.groups_per_batch // accelerator.num_processes, 1)
+    collate = GroupCollator(tokenizer.pad_token_id)
+    train_loader = DataLoader(train_groups, batch_size=per_process, shuffle=True,
+                              collate_fn=collate,
+                              generator=torch.Generator().manual_seed(cfg.seed))
+    eval_loader = DataLoader(eval_groups, batch_size=per_process, collate_fn=collate)
+
+    # 3. The base policy's transformer plus a scalar head; optimiser and schedule.
+    model = RewardModel.from_causal_lm(base_path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * math.ceil(len(train_groups) / cfg.groups_per_batch)
+    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=0, num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler)
+
+    # 4. Train on grouped batches: each response scored once, reused in all its pairs.
+    staging = Path(tempfile.mkdtemp(prefix="rlhf-reward-"))
+    metrics = MetricsLog(staging / "metrics.jsonl", enabled=False)
+    if eval_groups:
+        metrics.log(0, "eval", **evaluate(model, eval_loader))
+    step, comparisons, t_train = 0, 0, time.monotonic()
+    bar = tqdm(total=steps, desc="reward",
+               disable=not (cfg.progress and accelerator.is_main_process))
+    model.train()
+    for _epoch in range(cfg.epochs):
+        for batch in train_loader:
+            out, _ = forward_groups(model, batch)
+            accelerator.backward(out.loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            comparisons += int(out.num_pairs)
+            metrics.log(step, "train", loss=out.loss.item(), accuracy=out.accuracy.item())
+            bar.update()
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}")
+            if eval_groups and cfg.eval_every and step % cfg.eval_every == 0:
+                metrics.log(step, "eval", **evaluate(model, eval_loader))
+            if step >= steps:
+                break
+        if eval_groups and not cfg.eval_every:
+            metrics.log(step, "eval", **evaluate(model, eval_loader))
+        if step >= steps:
+            break
+    bar.close()
+    train_s = time.monotonic() - t_train
+
+    # 5. Normalise: the bias makes demonstrations (else policy samples) average 0.
+    rm = accelerator.unwrap_model(model)
+    samples, source = bias_samples(store, snap, cfg.bias_max_samples, cfg.seed)
+    rm.bias.zero_()
+    bias = rm.set_bias_from(torch.tensor(score_pairs(rm, tokenizer, samples, cfg.max_len)),
+                            source)
+
+    # 6. Save backbone, head and bias with the tokenizer; register and announce.
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return registry.latest("reward")  # type: ignore[return-value]
+    rm.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    final = {**{f"eval_{k}": v for k, v in metrics.last("eval").items()
+                if k not in ("step", "split", "elapsed_s")},
+             "train_loss": metrics.last("train").get("loss"), "steps": step, "bias": bias,
+             "bias_source": source, "train_groups": len(train_groups),
+             "eval_groups": len(eval_groups), "comparisons_per_s": comparisons / train_s}
+    return publish(
+        registry, "reward", staging, parent=parent, snap=snap,
+        config={"recipe": "reward", **cfg.model_dump(mode="json")}, metrics=final,
+        timing={"train_s": train_s, "total_s": time.monotonic() - t0},
+        records=metrics.records, plot_keys=["loss", "accuracy"], kafka=kafka)

@@ -1,0 +1,85 @@
+"""Plumbing every recipe shares: where to start from, the data snapshot, the accelerator,
+and publishing the result as a registry version (plot, manifest, candidate event)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import FullyShardedDataParallelPlugin, set_seed
+
+from feedback.registry import Kind, Manifest, Registry, RegistryError, parse_version
+from feedback.settings import KafkaSettings
+from training.config import RunConfig
+from training.metrics import plot_curves
+
+log = logging.getLogger(__name__)
+
+
+def resolve_base(registry: Registry, base: str | None) -> tuple[Path, str | None]:
+    """(checkpoint dir, registry version or None) to start from.
+
+    ``base`` is a version id, a checkpoint directory, or None for the live policy (else
+    the newest policy version).
+    """
+    if base is None:
+        latest = registry.latest("policy")
+        base = registry.live_policy() or (latest.version if latest else None)
+        if base is None:
+            raise RegistryError(f"registry {registry.root} has no policy; pass --base PATH "
+                                "or register a base model first")
+    try:
+        parse_version(base)
+    except RegistryError:
+        if Path(base).is_dir():
+            return Path(base), None
+        raise RegistryError(f"--base {base!r} is neither a version id nor a directory") from None
+    return registry.path(base), base
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The slice of the feedback store a run trains on."""
+
+    data_mark: int
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+
+def snapshot(store) -> Snapshot:
+    """Freeze the store's high-water mark so every read below sees the same data."""
+    mark = store.high_water_mark()
+    return Snapshot(mark, store.counts(until=mark))
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    """One process, DDP or FSDP, depending on how the script was launched and ``cfg``."""
+    set_seed(cfg.seed)
+    plugin = FullyShardedDataParallelPlugin() if cfg.fsdp else None
+    return Accelerator(mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin)
+
+
+def publish(registry: Registry, kind: Kind, staging: Path, *, parent: str | None,
+            snap: Snapshot, config: dict[str, Any], metrics: dict[str, Any],
+            timing: dict[str, float], records: list[dict[str, Any]], plot_keys: list[str],
+            kafka: KafkaSettings | None) -> Manifest:
+    """Plot the run into ``staging``, register it as a new version, announce it."""
+    (staging / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plot_curves(records, plot_keys, staging / "curves.png", f"{kind} training")
+    try:
+        manifest = registry.create_version(kind, staging, {
+            "parent": parent, "data_mark": snap.data_mark, "row_counts": snap.row_counts,
+            "config": config, "metrics": metrics, "timing": timing})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("registered %s (parent %s, data mark %d)", manifest.version, parent,
+             snap.data_mark)
+    if kafka is not None:
+        from training.announce import announce
+
+        announce(kafka, manifest.version, kind)
+    return manifest
