@@ -1,0 +1,140 @@
+"""values.schema.json refuses bad values with a message naming them; values.yaml
+documents every value, and every `→ RLHF_…` it names is a real setting."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from helm_chart import CHART, PROCESSES, render_error
+from test_helm_wiring import env_names, settings_class
+
+pytestmark = pytest.mark.helm
+
+BAD_VALUES = [
+    # (values, text the message must contain)
+    ({"serving": {"engine": {"tensorParallelSize": "2"}}},
+     "/serving/engine/tensorParallelSize': got string, want integer"),
+    ({"serving": {"engine": {"tensorParallelSize": 0}}},
+     "/serving/engine/tensorParallelSize': minimum"),
+    ({"serving": {"engine": {"gpuMemoryUtilization": 1.5}}},
+     "/serving/engine/gpuMemoryUtilization': maximum"),
+    ({"serving": {"http": {"port": 70000}}}, "/serving/http/port': maximum"),
+    ({"serving": {"replica": 3}}, "additional properties 'replica' not allowed"),
+    ({"serving": {"http": None}}, "/serving': missing property 'http'"),
+    ({"serving": {"auth": {"keys": {"sk-0123456789": "root"}}}},
+     "/serving/auth/keys/sk-0123456789': value must be one of"),
+    ({"logLevel": "verbose"}, "/logLevel': value must be one of"),
+    ({"kafka": {"strimzi": {"enabled": False}}},
+     "/kafka/external/bootstrapServers': minLength"),
+    ({"kafka": {"strimzi": {"enabled": False},
+                "external": {"bootstrapServers": "kafka.example.com"}}},
+     "/kafka/external/bootstrapServers': 'kafka.example.com' does not match pattern"),
+    ({"kafka": {"topics": {"feedback": "rlhf feedback"}}}, "/kafka/topics/feedback'"),
+    ({"postgresql": {"enabled": False}}, "/externalDatabase/url': minLength"),
+    ({"postgresql": {"enabled": False}, "externalDatabase": {"url": "db.example.com"}},
+     "/externalDatabase/url'"),
+    ({"registry": {"mountPath": "relative/dir"}}, "/registry/mountPath'"),
+    ({"registry": {"accessMode": "ReadWriteAll"}}, "/registry/accessMode'"),
+    ({"training": {"distributed": {"launcher": "mpirun"}}},
+     "/training/distributed/launcher': value must be one of"),
+    ({"training": {"recipes": {"ppo.json": "{}"}}}, "/training/recipes': additional properties 'ppo.json' not allowed"),
+    ({"ingester": {"metricsPort": "9400"}}, "/ingester/metricsPort': got string, want integer"),
+]
+
+# Rules across values, enforced by templates/validate.yaml.
+BAD_COMBINATIONS = [
+    ({"serving": {"grpc": {"port": 8000}}}, "serving.http.port and serving.grpc.port"),
+    ({"serving": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+     "serving.autoscaling.minReplicas (5)"),
+    ({"serving": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},
+     "serving.autoscaling needs"),
+    ({"kafka": {"external": {"bootstrapServers": "kafka:9092"}}},
+     "kafka.external.bootstrapServers is set while kafka.strimzi.enabled"),
+    ({"externalDatabase": {"url": "postgresql://u:p@db:5432/x"}},
+     "externalDatabase is set while postgresql.enabled"),
+    ({"kafka": {"strimzi": {"replicas": 1}}},
+     "kafka.topics.replicationFactor (3) must not exceed kafka.strimzi.replicas (1)"),
+    ({"training": {"gpu": {"enabled": False}, "distributed": {"nodes": 2}}},
+     "training.distributed.nodes > 1"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES + BAD_COMBINATIONS,
+                         ids=[m for _, m in BAD_VALUES + BAD_COMBINATIONS])
+def test_bad_values_are_refused_by_name(values: dict, message: str) -> None:
+    assert message in render_error(values)
+
+
+def _documented_keys(lines: list[str]) -> list[tuple[str, bool]]:
+    """(dotted key, has a comment right above or inline) for every key in values.yaml."""
+    keys: list[tuple[str, bool]] = []
+    stack: list[tuple[int, str]] = []
+    for n, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][\w.-]*):(.*)$", line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [key])
+        above = n > 0 and lines[n - 1].strip().startswith("#")
+        keys.append((dotted, above or "#" in rest))
+        if not rest.strip():
+            stack.append((indent, key))
+    return keys
+
+
+def _schema_leaves(value: dict, node: dict, path: str = "") -> list[str]:
+    """Dotted paths of the values proper. Sections are the object schemas that require
+    their keys; free-form objects (resources, nodeSelector, …) are one value each."""
+    leaves = []
+    for key, sub in value.items():
+        prop = node.get("properties", {}).get(key, {})
+        if isinstance(sub, dict) and "required" in prop:
+            leaves += _schema_leaves(sub, prop, f"{path}{key}.")
+        else:
+            leaves.append(f"{path}{key}")
+    return leaves
+
+
+def _load(name: str) -> object:
+    text = (CHART / name).read_text()
+    return json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+
+
+def test_values_yaml_documents_every_value() -> None:
+    documented = dict(_documented_keys((CHART / "values.yaml").read_text().splitlines()))
+    leaves = _schema_leaves(_load("values.yaml"), _load("values.schema.json"))
+    assert len(leaves) > 100
+    assert [k for k in leaves if not documented.get(k)] == []
+
+
+def test_every_value_has_a_schema_entry_with_a_description() -> None:
+    schema, values = _load("values.schema.json"), _load("values.yaml")
+
+    def walk(value: dict, node: dict, path: str) -> list[str]:
+        missing = []
+        for key, sub in value.items():
+            prop = node.get("properties", {}).get(key)
+            if prop is None:
+                missing.append(f"{path}{key}")
+                continue
+            if "description" not in prop and prop.get("type") != "object":
+                missing.append(f"{path}{key} (no description)")
+            if isinstance(sub, dict) and "properties" in prop:
+                missing += walk(sub, prop, f"{path}{key}.")
+        return missing
+
+    assert walk(values, schema, "") == []
+
+
+def test_every_documented_setting_exists() -> None:
+    """The `→ RLHF_…` names in values.yaml are variables some process reads."""
+    known = set().union(*(env_names(settings_class(c), "RLHF_") for c in PROCESSES))
+    text = (CHART / "values.yaml").read_text()
+    named = set(re.findall(r"→ (RLHF_[A-Z_]+)", text))
+    assert len(named) >= 40
+    assert named - known == set()
