@@ -75,6 +75,7 @@ class FeedbackPublisher:
         self._timeout_s = kafka.request_timeout_ms / 1000
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
+        self._failed_at = float("-inf")
 
     async def publish(self, topic: str, event: EventBase) -> None:
         """Send one event and wait for its ack; BrokerUnavailable within the timeout."""
@@ -103,9 +104,22 @@ class FeedbackPublisher:
             raise BrokerUnavailable(f"Kafka at {self._kafka.bootstrap_servers}: {e}") from e
 
     def _get_producer(self) -> KafkaProducer:
+        """The shared producer, built on first use.
+
+        Calls that queued behind a build that failed fail at once instead of each trying
+        again in turn, so N concurrent requests still answer within one timeout.
+        """
+        asked_at = time.monotonic()
         with self._lock:
             if self._producer is None:
-                self._producer = make_producer(self._kafka)
+                if self._failed_at > asked_at:
+                    raise BrokerUnavailable(
+                        f"Kafka at {self._kafka.bootstrap_servers} is unreachable")
+                try:
+                    self._producer = make_producer(self._kafka)
+                except KafkaError:
+                    self._failed_at = time.monotonic()
+                    raise
             return self._producer
 
     def _reset(self) -> None:
