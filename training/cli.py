@@ -1,0 +1,104 @@
+"""``rlhf train …`` and ``rlhf reward …``: Typer apps mounted by ``rlhf/cli.py``.
+
+Recipes also run under ``accelerate launch -m training.cli sft --config …`` (or torchrun)
+for several processes; every process runs the recipe and the main one publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from training.settings import TrainSettings
+
+train_app = typer.Typer(help="Train models from the feedback store into the registry.",
+                        no_args_is_help=True)
+reward_app = typer.Typer(help="Query reward-model versions.", no_args_is_help=True)
+
+ConfigOpt = typer.Option(None, "--config", help="Recipe YAML (default: the packaged one).")
+DbOpt = typer.Option(None, "--database-url", help="Feedback store URL (RLHF_DATABASE__URL).")
+RegOpt = typer.Option(None, "--registry", help="Registry root (RLHF_REGISTRY__ROOT).")
+BaseOpt = typer.Option(None, "--base", help="Start from this version id or checkpoint dir.")
+AnnounceOpt = typer.Option(True, "--announce/--no-announce",
+                           help="Publish a candidate event on rlhf.policy.")
+
+
+def _settings(database_url: str | None, registry: Path | None) -> TrainSettings:
+    settings = TrainSettings()
+    if database_url:
+        settings.database.url = database_url
+    if registry:
+        settings.registry.root = registry
+    logging.basicConfig(level=settings.log_level.upper())
+    return settings
+
+
+def _run(recipe: str, config: Path | None, database_url: str | None, registry: Path | None,
+         base: str | None, announce: bool) -> None:
+    from feedback.registry import Registry
+    from feedback.store import FeedbackStore
+    from training.config import load_config
+    from training.recipes import reward, sft
+
+    module, cls = {"sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig)}[recipe]
+    settings = _settings(database_url, registry)
+    overrides = {"base": base} if base else {}
+    cfg = load_config(cls, config, f"{recipe}.yaml", overrides)
+    store = FeedbackStore(settings.database.url)
+    store.migrate()
+    manifest = module.train(cfg, store=store, registry=Registry(settings.registry.root),
+                            kafka=settings.kafka if announce else None)
+    typer.echo(json.dumps({"version": manifest.version, "parent": manifest.parent,
+                           "data_mark": manifest.data_mark, "metrics": manifest.metrics}))
+
+
+@train_app.command()
+def sft(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
+        registry: Path | None = RegOpt, base: str | None = BaseOpt,
+        announce: bool = AnnounceOpt) -> None:
+    """Supervised fine-tuning on demonstrations → a new policy version."""
+    _run("sft", config, database_url, registry, base, announce)
+
+
+@train_app.command()
+def reward(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
+           registry: Path | None = RegOpt, base: str | None = BaseOpt,
+           announce: bool = AnnounceOpt) -> None:
+    """InstructGPT reward model on K-way rankings → a new reward version."""
+    _run("reward", config, database_url, registry, base, announce)
+
+
+@reward_app.command("score")
+def score(version: str = typer.Option(..., "--version", help="Reward version, e.g. reward-0001."),
+          prompt: str = typer.Option(..., "--prompt"),
+          response: list[str] = typer.Option(..., "--response", help="Repeat for several."),
+          registry: Path | None = RegOpt) -> None:
+    """Score responses to one prompt; prints JSON."""
+    from feedback.registry import Registry, RegistryError
+    from training.reward_model import RewardScorer
+
+    settings = _settings(None, registry)
+    try:
+        scorer = RewardScorer.from_registry(Registry(settings.registry.root), version)
+    except (RegistryError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    scores = scorer.score([(prompt, r) for r in response])
+    typer.echo(json.dumps({"version": version, "bias": scorer.bias, "scores": scores}))
+
+
+@reward_app.command("serve")
+def serve(registry: Path | None = RegOpt, host: str = "127.0.0.1", port: int = 8100) -> None:
+    """Serve POST /v1/rewards for every reward version in the registry."""
+    import uvicorn
+
+    from training.reward_server import create_app
+
+    uvicorn.run(create_app(_settings(None, registry).registry.root), host=host, port=port)
+
+
+if __name__ == "__main__":
+    train_app()
