@@ -40,7 +40,10 @@ BAD_VALUES = [
     ({"registry": {"accessMode": "ReadWriteAll"}}, "/registry/accessMode'"),
     ({"training": {"distributed": {"launcher": "mpirun"}}},
      "/training/distributed/launcher': value must be one of"),
-    ({"training": {"recipes": {"ppo.json": "{}"}}}, "/training/recipes': additional properties 'ppo.json' not allowed"),
+    ({"training": {"recipes": {"ppo.json": "{}"}}},
+     "/training/recipes': additional properties 'ppo.json' not allowed"),
+    ({"serving": {"resources": {"request": {"cpu": "1"}}}},
+     "/serving/resources': additional properties 'request' not allowed"),
     ({"ingester": {"metricsPort": "9400"}}, "/ingester/metricsPort': got string, want integer"),
 ]
 

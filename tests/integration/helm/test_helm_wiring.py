@@ -52,7 +52,7 @@ def settings_class(component: str) -> type[BaseSettings]:
 def process_containers(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
     """(component, container) of every rlhf process the profile runs."""
     out = []
-    for workload, template in rendered.workloads():
+    for _, template in rendered.workloads():
         component = template["metadata"]["labels"]["app.kubernetes.io/component"]
         if component in PROCESSES:
             out += [(component, c) for c in template["spec"]["containers"]]
