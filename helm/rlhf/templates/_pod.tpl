@@ -1,6 +1,6 @@
-{{/*
-The pod spec parts every rlhf process shares. include "rlhf.podCommon" (list . component values)
-*/}}
+{{/* Pod spec parts every rlhf process shares. */}}
+
+{{/* Pod template metadata: include "rlhf.podMetadata" (list . component) */}}
 {{- define "rlhf.podMetadata" -}}
 {{- $ctx := index . 0 -}}
 labels:

@@ -213,9 +213,10 @@ def test_references_resolve(rendered: Rendered) -> None:
     existing = {v["registry"]["existingClaim"], v["externalDatabase"]["existingSecret"],
                 v["kafka"]["external"]["sasl"]["existingSecret"],
                 v["kafka"]["external"]["caSecret"], v["serving"]["auth"]["existingSecret"]} - {""}
-    for _, template in rendered.workloads():
+    for workload, template in rendered.workloads():
         spec = template["spec"]
         volumes = {vol["name"]: vol for vol in spec.get("volumes", [])}
+        claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
         for volume in volumes.values():
             if "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
@@ -226,10 +227,7 @@ def test_references_resolve(rendered: Rendered) -> None:
                 assert volume["secret"]["secretName"] in existing
         for container in spec["containers"]:
             for mount in container.get("volumeMounts", []):
-                assert mount["name"] in volumes or mount["name"] in {
-                    t["metadata"]["name"] for t in
-                    template["spec"].get("volumeClaimTemplates", [])} or \
-                    mount["name"] == "data"
+                assert mount["name"] in volumes or mount["name"] in claims, mount
             for entry in container.get("env", []):
                 ref = entry.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ref["name"] not in existing:
