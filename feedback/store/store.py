@@ -101,7 +101,7 @@ def create_store_engine(url: str, echo: bool = False) -> Engine:
         return create_engine(postgres_driver(u), echo=echo, pool_pre_ping=True)
     memory = u.database in (None, "", ":memory:")
     if not memory:
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(str(u.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False},
                            **({"poolclass": StaticPool} if memory else {}))
     _configure_sqlite(engine, wal=not memory)
