@@ -40,7 +40,7 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> KeyRing:
-        keys = dict(settings.keys)
+        keys: dict[str, str] = dict(settings.keys)
         if settings.keys_file:
             keys.update(_read_keys_file(settings.keys_file))
         bad = {k: r for k, r in keys.items() if r not in ROLES}

@@ -72,8 +72,8 @@ class VllmEngine:
         self.stats = EngineStats()
         args = AsyncEngineArgs(
             model=model,
-            max_model_len=settings.max_model_len,
-            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,  # type: ignore[arg-type]
+            dtype=settings.dtype,  # type: ignore[arg-type]
             tensor_parallel_size=settings.tensor_parallel_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_num_seqs=settings.max_num_seqs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from serving.engine import EngineStats
+from serving.engine import Engine
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -35,13 +35,20 @@ class ServingMetrics:
                              registry=r)
         self.waiting = Gauge("rlhf:num_requests_waiting", "Requests waiting to be scheduled.",
                              registry=r)
+        self.aborted = Counter("rlhf:requests_aborted", "Engine requests aborted before they "
+                               "finished (client gone, deadline, cancel).", registry=r)
+        self.in_flight = Gauge("rlhf:engine_requests_in_flight",
+                               "Requests the engine holds (running, waiting or finishing).",
+                               registry=r)
         self.policy = Gauge("rlhf:policy_info", "1 for the policy version being served.",
                             ["version"], registry=r)
         self.swaps = Counter("rlhf:policy_swaps", "Hot-swaps of the policy by outcome.",
                              ["outcome"], registry=r)
 
-    def bind_engine(self, stats: EngineStats) -> None:
+    def bind_engine(self, engine: Engine) -> None:
         """Read the engine's scheduler counts at scrape time."""
+        stats = engine.stats
+        self.in_flight.set_function(engine.num_unfinished_requests)
         self.running.set_function(lambda: stats.running)
         self.waiting.set_function(lambda: stats.waiting)
 

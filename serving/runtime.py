@@ -44,7 +44,7 @@ class Runtime:
             tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
             engine = await asyncio.to_thread(VllmEngine, path, self.settings.engine)
             self.engine = engine
-            self.metrics.bind_engine(engine.stats)
+            self.metrics.bind_engine(engine)
             self.generation = GenerationHandler(
                 engine, tokenizer, self.model_name, self.policy, self.metrics, sink=self.sink,
                 default_max_tokens=self.settings.default_max_tokens,

@@ -88,7 +88,8 @@ class GenerationHandler:
             gen.add(out, delta=False)
             choices.append(p.CompletionChoice(
                 index=out.index, text=out.text, finish_reason=out.finish_reason,
-                logprobs=lp.completion_logprobs(out.logprobs, out.token_ids) if req.logprobs is not None else None))
+                logprobs=lp.completion_logprobs(out.logprobs, out.token_ids)
+                if req.logprobs is not None else None))
         self._log(gen, req, ctx, endpoint="completions")
         return p.CompletionResponse(id=ctx.request_id, model=self.model_name,
                                     policy_version=version, choices=choices, usage=gen.usage())
@@ -127,7 +128,8 @@ class GenerationHandler:
             choices.append(p.ChatChoice(
                 index=out.index, message=p.AssistantMessage(content=out.text),
                 finish_reason=out.finish_reason,
-                logprobs=lp.chat_logprobs(out.logprobs, out.token_ids) if req.logprobs else None))
+                logprobs=lp.chat_logprobs(out.logprobs, out.token_ids, req.top_logprobs or 0)
+                if req.logprobs else None))
         self._log(gen, req, ctx, endpoint="chat.completions")
         return p.ChatCompletionResponse(id=ctx.request_id, model=self.model_name,
                                         policy_version=version, choices=choices,
@@ -151,7 +153,9 @@ class GenerationHandler:
                     choices.append(p.ChatStreamChoice(
                         index=out.index, delta=p.DeltaMessage(content=out.text),
                         finish_reason=out.finish_reason,
-                        logprobs=lp.chat_logprobs(out.logprobs, out.token_ids) if req.logprobs else None))
+                        logprobs=lp.chat_logprobs(out.logprobs, out.token_ids,
+                                                  req.top_logprobs or 0)
+                        if req.logprobs else None))
                 yield p.ChatCompletionStreamResponse(**stamp, choices=choices)
             if req.include_usage:
                 yield p.ChatCompletionStreamResponse(**stamp, choices=[], usage=gen.usage())
@@ -192,11 +196,12 @@ class GenerationHandler:
         if len(prompt_ids) >= limit:
             raise InvalidRequest(f"The prompt has {len(prompt_ids)} tokens; this model's "
                                  f"maximum context length is {limit} tokens.", param="prompt")
-        if len(prompt_ids) + (params.max_tokens or 0) > limit:
+        max_tokens = params.max_tokens or 0
+        if len(prompt_ids) + max_tokens > limit:
             raise InvalidRequest(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(prompt_ids) + params.max_tokens} tokens ({len(prompt_ids)} in the prompt, "
-                f"{params.max_tokens} in the completion).", param="max_tokens")
+                f"{len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the prompt, "
+                f"{max_tokens} in the completion).", param="max_tokens")
         if self.engine.stats.waiting >= self.max_waiting:
             raise Overloaded(f"{self.engine.stats.waiting} requests are waiting; retry later.")
         return params
@@ -204,8 +209,8 @@ class GenerationHandler:
     async def _run_final(self, prompt_ids: list[int], params: SamplingParams,
                          ctx: RequestContext) -> RequestOutput:
         final = None
-        async for final in self._run_stream(prompt_ids, params, ctx):
-            pass
+        async for output in self._run_stream(prompt_ids, params, ctx):
+            final = output
         assert final is not None
         return final
 
@@ -236,6 +241,7 @@ class GenerationHandler:
             raise
         finally:
             if not finished:
+                self.metrics.aborted.inc()
                 await self.engine.abort(engine_id)
 
     def _log(self, gen: _Generation, req: p.SamplingRequest, ctx: RequestContext,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from serving.openai import protocol as p
 
 # vLLM gives, per generated token, {token_id: Logprob(logprob, rank, decoded_token)}
 # holding the sampled token plus the top-k alternatives.
-TokenLogprobs = list[dict[int, Any]] | None
+TokenLogprobs = Any  # list[dict[int, Logprob]] or vLLM's FlatLogprobs; both index per token
 
 
 def _sampled(entry: dict[int, Any], token_id: int | None) -> Any:
@@ -17,7 +18,7 @@ def _sampled(entry: dict[int, Any], token_id: int | None) -> Any:
     return next(iter(entry.values()))
 
 
-def completion_logprobs(logprobs: TokenLogprobs, token_ids: list[int] | None = None,
+def completion_logprobs(logprobs: TokenLogprobs, token_ids: Sequence[int] | None = None,
                         offset: int = 0) -> p.CompletionLogProbs:
     """The legacy completions shape: parallel lists of tokens, logprobs and top-k dicts."""
     result = p.CompletionLogProbs()
@@ -33,16 +34,18 @@ def completion_logprobs(logprobs: TokenLogprobs, token_ids: list[int] | None = N
     return result
 
 
-def chat_logprobs(logprobs: TokenLogprobs, token_ids: list[int] | None = None) -> p.ChatLogProbs:
+def chat_logprobs(logprobs: TokenLogprobs, token_ids: Sequence[int] | None = None,
+                  top_n: int = 0) -> p.ChatLogProbs:
     """The chat shape: one object per token with its alternatives."""
     content = []
     for i, entry in enumerate(logprobs or []):
         chosen = _sampled(entry, token_ids[i] if token_ids else None)
         token = chosen.decoded_token or ""
-        alternatives = sorted(entry.values(), key=lambda lp: lp.rank or 0)
+        # The sampled token is in ``entry`` even when it is not among the top ``top_n``.
+        alternatives = sorted(entry.values(), key=lambda lp: lp.rank or 0)[:top_n]
         content.append(p.ChatTokenLogprob(
             token=token, logprob=chosen.logprob, bytes=list(token.encode()),
             top_logprobs=[p.TopLogprob(token=a.decoded_token or "", logprob=a.logprob,
                                        bytes=list((a.decoded_token or "").encode()))
-                          for a in alternatives if a.rank and a.rank >= 1]))
+                          for a in alternatives]))
     return p.ChatLogProbs(content=content)

