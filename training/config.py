@@ -30,6 +30,8 @@ class RunConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="Eval every N updates; 0 = each epoch.")
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
     mixed_precision: str = Field("no", description="accelerate mixed precision: no|bf16|fp16.")
+    cpu: bool | None = Field(
+        None, description="Train on CPU processes (gloo); None = when no GPU is visible.")
     fsdp: bool = Field(False, description="Shard with FSDP instead of DDP (large models).")
     progress: bool = Field(True, description="Show tqdm progress bars.")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import FullyShardedDataParallelPlugin, set_seed
 
@@ -60,7 +61,8 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     """One process, DDP or FSDP, depending on how the script was launched and ``cfg``."""
     set_seed(cfg.seed)
     plugin = FullyShardedDataParallelPlugin() if cfg.fsdp else None
-    return Accelerator(mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin)
+    cpu = cfg.cpu if cfg.cpu is not None else not torch.cuda.is_available()
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin)
 
 
 def publish(registry: Registry, kind: Kind, staging: Path, *, parent: str | None,
@@ -83,3 +85,13 @@ def publish(registry: Registry, kind: Kind, staging: Path, *, parent: str | None
 
         announce(kafka, manifest.version, kind)
     return manifest
+
+
+def shared_result(accelerator: Accelerator, registry: Registry, manifest: Manifest | None,
+                  kind: Kind, staging: Path) -> Manifest:
+    """Every process returns the version the main process published."""
+    accelerator.wait_for_everyone()
+    shutil.rmtree(staging, ignore_errors=True)
+    result = manifest or registry.latest(kind)
+    assert result is not None
+    return result

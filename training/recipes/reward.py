@@ -38,7 +38,14 @@ from training.datasets import (
 from training.losses import kway_ranking_loss, pairwise_preferences
 from training.metrics import MetricsLog
 from training.reward_model import RewardModel, score_pairs
-from training.runs import Snapshot, make_accelerator, publish, resolve_base, snapshot
+from training.runs import (
+    Snapshot,
+    make_accelerator,
+    publish,
+    resolve_base,
+    shared_result,
+    snapshot,
+)
 
 
 class RewardConfig(RunConfig):
@@ -71,13 +78,14 @@ def forward_groups(model, batch: dict[str, torch.Tensor]):
 
 
 @torch.no_grad()
-def evaluate(model, loader) -> dict[str, float]:
+def evaluate(model, loader, device) -> dict[str, float]:
     """Held-out loss and pairwise accuracy, overall and by K (``accuracy_k4`` …)."""
     model.eval()
     correct: dict[int, int] = defaultdict(int)
     pairs: dict[int, int] = defaultdict(int)
     losses = []
     for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
         out, grouped = forward_groups(model, batch)
         losses.append(out.loss.item())
         prefs = pairwise_preferences(batch["ranks"], batch["group_mask"])  # (G, K, K)
@@ -136,14 +144,15 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=0, num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler)
+    # Every process evaluates the whole held-out set, so eval_loader is not sharded.
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler)
 
     # 4. Train on grouped batches: each response scored once, reused in all its pairs.
     staging = Path(tempfile.mkdtemp(prefix="rlhf-reward-"))
     metrics = MetricsLog(staging / "metrics.jsonl", enabled=False)
     if eval_groups:
-        metrics.log(0, "eval", **evaluate(model, eval_loader))
+        metrics.log(0, "eval", **evaluate(model, eval_loader, accelerator.device))
     step, comparisons, t_train = 0, 0, time.monotonic()
     bar = tqdm(total=steps, desc="reward",
                disable=not (cfg.progress and accelerator.is_main_process))
@@ -162,11 +171,11 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
             bar.update()
             bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}")
             if eval_groups and cfg.eval_every and step % cfg.eval_every == 0:
-                metrics.log(step, "eval", **evaluate(model, eval_loader))
+                metrics.log(step, "eval", **evaluate(model, eval_loader, accelerator.device))
             if step >= steps:
                 break
         if eval_groups and not cfg.eval_every:
-            metrics.log(step, "eval", **evaluate(model, eval_loader))
+            metrics.log(step, "eval", **evaluate(model, eval_loader, accelerator.device))
         if step >= steps:
             break
     bar.close()
@@ -180,9 +189,8 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
                             source)
 
     # 6. Save backbone, head and bias with the tokenizer; register and announce.
-    accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        return registry.latest("reward")  # type: ignore[return-value]
+        return shared_result(accelerator, registry, None, "reward", staging)
     rm.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     final = {**{f"eval_{k}": v for k, v in metrics.last("eval").items()
@@ -190,8 +198,9 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
              "train_loss": metrics.last("train").get("loss"), "steps": step, "bias": bias,
              "bias_source": source, "train_groups": len(train_groups),
              "eval_groups": len(eval_groups), "comparisons_per_s": comparisons / train_s}
-    return publish(
+    manifest = publish(
         registry, "reward", staging, parent=parent, snap=snap,
         config={"recipe": "reward", **cfg.model_dump(mode="json")}, metrics=final,
         timing={"train_s": train_s, "total_s": time.monotonic() - t0},
         records=metrics.records, plot_keys=["loss", "accuracy"], kafka=kafka)
+    return shared_result(accelerator, registry, manifest, "reward", staging)

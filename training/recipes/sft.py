@@ -33,7 +33,7 @@ from feedback.settings import KafkaSettings
 from training.config import RunConfig
 from training.datasets import TrainingDataError, sft_example, split_by_prompt
 from training.metrics import MetricsLog
-from training.runs import make_accelerator, publish, resolve_base, snapshot
+from training.runs import make_accelerator, publish, resolve_base, shared_result, snapshot
 
 
 class SFTConfig(RunConfig):
@@ -51,6 +51,7 @@ def heldout_loss(model, loader, accelerator) -> float:
     model.eval()
     total, tokens = 0.0, 0
     for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         n = int((batch["labels"][:, 1:] != -100).sum())
         total += model(**batch).loss.item() * n
         tokens += n
@@ -93,8 +94,9 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=0, num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler)
+    # Every process evaluates the whole held-out set, so eval_loader is not sharded.
+    model, optimizer, train_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, scheduler)
 
     # 4. Train; held-out loss every eval_every updates and after each epoch.
     staging = Path(tempfile.mkdtemp(prefix="rlhf-sft-"))
@@ -133,15 +135,16 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
         staging, safe_serialization=True, is_main_process=accelerator.is_main_process,
         save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
     if not accelerator.is_main_process:
-        return registry.latest("policy")  # type: ignore[return-value]
+        return shared_result(accelerator, registry, None, "policy", staging)
     tokenizer.save_pretrained(staging)
     final = {"train_loss": metrics.last("train").get("loss"), "steps": step,
              "eval_loss": metrics.last("eval").get("loss"),
              "eval_loss_start": next((r["loss"] for r in metrics.records
                                       if r["split"] == "eval"), None),
              "train_examples": len(train_set), "eval_examples": len(eval_set)}
-    return publish(
+    manifest = publish(
         registry, "policy", staging, parent=parent, snap=snap,
         config={"recipe": "sft", **cfg.model_dump(mode="json")}, metrics=final,
         timing={"train_s": train_s, "total_s": time.monotonic() - t0},
         records=metrics.records, plot_keys=["loss"], kafka=kafka)
+    return shared_result(accelerator, registry, manifest, "policy", staging)
