@@ -27,6 +27,8 @@ app.add_typer(ingest_app, name="ingest")
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "debug":  # kafka-python narrates every connection at INFO
+        logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 def _on_shutdown_signal(handler) -> None:  # type: ignore[no-untyped-def]
