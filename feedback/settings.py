@@ -111,3 +111,13 @@ class BrokerSettings(ProcessSettings):
     host: str = Field("127.0.0.1", description="Interface the embedded broker listens on.")
     port: int = Field(9092, ge=0, le=65535, description="Broker port (0 picks a free one).")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+
+class AuthSettings(BaseModel):
+    """API keys and their roles (``RLHF_AUTH__…``). No keys configured means open access."""
+
+    keys: dict[str, Literal["user", "labeler", "admin"]] = Field(
+        default_factory=dict,
+        description='API key → role, as JSON: {"sk-abc": "labeler"}.')
+    keys_file: Path | None = Field(
+        None, description="A JSON or YAML file mapping API keys to roles.")

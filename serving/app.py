@@ -11,8 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.auth import KeyRing
-from serving.errors import EngineUnavailable, InvalidRequest, ServingError, error_body
+from feedback.auth import AuthError, KeyRing
+from serving.errors import (
+    EngineUnavailable,
+    Forbidden,
+    InvalidRequest,
+    ServingError,
+    Unauthorized,
+    error_body,
+)
 from serving.http_middleware import RequestIdMiddleware
 from serving.openai.api_router import router as openai_router
 from serving.runtime import Runtime
@@ -36,6 +43,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(AuthError, auth_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(RequestIdMiddleware, metrics=runtime.metrics)
     return app
@@ -66,6 +74,12 @@ async def metrics(request: Request) -> Response:
 async def serving_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServingError)
     return JSONResponse(error_body(exc), status_code=exc.status)
+
+
+async def auth_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AuthError)
+    err = Unauthorized(exc.message) if exc.status == 401 else Forbidden(exc.message)
+    return JSONResponse(error_body(err), status_code=err.status)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
-
 from pydantic import BaseModel, Field, model_validator
 
-from feedback.settings import KafkaSettings, ProcessSettings, RegistrySettings
+from feedback.settings import AuthSettings, KafkaSettings, ProcessSettings, RegistrySettings
 
 
 class HttpSettings(BaseModel):
@@ -43,16 +40,6 @@ class EngineSettings(BaseModel):
     seed: int = Field(0, description="Engine seed (per-request seeds override it).")
     kv_cache_space_gib: float | None = Field(
         None, gt=0, description="CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
-
-
-class AuthSettings(BaseModel):
-    """API keys and their roles (``RLHF_AUTH__…``). No keys configured means open access."""
-
-    keys: dict[str, Literal["user", "labeler", "admin"]] = Field(
-        default_factory=dict,
-        description='API key → role, as JSON: {"sk-abc": "labeler"}.')
-    keys_file: Path | None = Field(
-        None, description="A JSON or YAML file mapping API keys to roles.")
 
 
 class ServeSettings(ProcessSettings):

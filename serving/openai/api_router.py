@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from serving.auth import Caller, require_role
+from feedback.auth import Caller, require_role
 from serving.handlers.generation import GenerationHandler, RequestContext
 from serving.openai import protocol as p
 

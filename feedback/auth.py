@@ -1,4 +1,4 @@
-"""API keys with roles: user < labeler < admin.
+"""API keys with roles: user < labeler < admin (shared by every process with an API).
 
 Keys come from settings (``RLHF_AUTH__KEYS``) or a JSON/YAML file. A caller's role decides
 what it may call and is the *source* recorded on its feedback; the request body never
@@ -17,10 +17,19 @@ from pathlib import Path
 import yaml
 from fastapi import Request
 
-from serving.errors import Forbidden, Unauthorized
-from serving.settings import AuthSettings
+from feedback.settings import AuthSettings
 
 log = logging.getLogger(__name__)
+
+
+class AuthError(Exception):
+    """401 (no or unknown key) or 403 (role too low); ``status`` says which."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
 ROLES = ("user", "labeler", "admin")
 
 
@@ -61,10 +70,10 @@ class KeyRing:
         if self.open:
             return Caller(name=None, role="admin")
         if not key:
-            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
+            raise AuthError("Missing API key: send `Authorization: Bearer <key>`.", 401)
         role = self.keys.get(key)
         if role is None:
-            raise Unauthorized("Invalid API key.")
+            raise AuthError("Invalid API key.", 401)
         return Caller(name="key-" + hashlib.sha256(key.encode()).hexdigest()[:12], role=role)
 
 
@@ -91,7 +100,7 @@ def require_role(minimum: str):
         caller = ring.identify(bearer_token(request.headers.get("authorization"),
                                             request.headers.get("x-api-key")))
         if ROLES.index(caller.role) < needed:
-            raise Forbidden(f"This endpoint needs the `{minimum}` role.")
+            raise AuthError(f"This endpoint needs the `{minimum}` role.", 403)
         return caller
 
     return dependency
