@@ -16,6 +16,20 @@ model_app = typer.Typer(help="Build and inspect model checkpoints.", no_args_is_
 app.add_typer(model_app, name="model")
 
 
+def _mount() -> None:
+    """Each process family owns its commands; this only puts them under ``rlhf``."""
+    from feedback.cli import broker_app, ingest_app
+    from training.cli import reward_app, train_app
+
+    app.add_typer(broker_app, name="broker")
+    app.add_typer(ingest_app, name="ingest")
+    app.add_typer(train_app, name="train")
+    app.add_typer(reward_app, name="reward")
+
+
+_mount()
+
+
 def _override(settings: Any, **dotted: Any) -> Any:
     """Apply CLI options (``http.port=…``) on top of the env-derived settings."""
     for path, value in dotted.items():

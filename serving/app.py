@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from feedback.auth import AuthError, KeyRing
+from feedback.auth import AuthError
 from serving.errors import (
     EngineUnavailable,
     Forbidden,
@@ -20,6 +20,7 @@ from serving.errors import (
     Unauthorized,
     error_body,
 )
+from serving.feedback_api import router as feedback_router
 from serving.http_middleware import RequestIdMiddleware
 from serving.openai.api_router import router as openai_router
 from serving.runtime import Runtime
@@ -31,14 +32,23 @@ def build_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         runtime.start_loading()
+        grpc_server = None
+        if runtime.settings.grpc.enabled:
+            from serving.grpc.server import GrpcServer
+
+            grpc_server = GrpcServer(runtime, runtime.keyring)
+            await grpc_server.start()
         yield
+        if grpc_server is not None:
+            await grpc_server.stop()
         await runtime.stop()
 
     app = FastAPI(title="rlhf serving", version="1", lifespan=lifespan,
                   root_path=runtime.settings.http.root_path)
     app.state.runtime = runtime
-    app.state.keyring = KeyRing.from_settings(runtime.settings.auth)
+    app.state.keyring = runtime.keyring
     app.include_router(openai_router)
+    app.include_router(feedback_router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])

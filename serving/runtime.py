@@ -11,7 +11,9 @@ import asyncio
 import logging
 from pathlib import Path
 
+from feedback.auth import KeyRing
 from serving.engine import Engine, VllmEngine
+from serving.handlers.feedback import FeedbackHandler, RecentCompletions, RememberingSink
 from serving.handlers.generation import GenerationHandler
 from serving.handlers.policy import PolicyState
 from serving.metrics import ServingMetrics
@@ -26,12 +28,30 @@ class Runtime:
         self.metrics = ServingMetrics()
         self.policy = PolicyState(version=version, path=model_path)
         self.model_name = settings.served_model_name or Path(model_path).name
+        self.keyring = KeyRing.from_settings(settings.auth)
         self.engine: Engine | None = None
         self.generation: GenerationHandler | None = None
-        self.sink = None
+        self.recent = RecentCompletions()
+        self.sink, self.publisher = self._event_publishers(settings)
+        self.feedback = FeedbackHandler(self.publisher, settings.kafka.topics.feedback,
+                                        self.recent)
         self.load_error: BaseException | None = None
         self._load_task: asyncio.Task | None = None
         self.metrics.set_policy(version)
+
+    def _event_publishers(self, settings: ServeSettings):
+        """The completion log (fire-and-forget, buffered) and the feedback publisher (waits
+        for the broker's ack). Both connect lazily: a down broker never blocks start-up."""
+        if not settings.publish_events:
+            log.warning("RLHF_PUBLISH_EVENTS=false: completions are not logged and the "
+                        "feedback API answers 503.")
+            return None, None
+        from feedback.producer import CompletionLogPublisher, FeedbackPublisher
+
+        log_publisher = CompletionLogPublisher(
+            settings.kafka, buffer_size=settings.event_buffer_size,
+            registry=self.metrics.registry)
+        return RememberingSink(log_publisher, self.recent), FeedbackPublisher(settings.kafka)
 
     def start_loading(self) -> None:
         self._load_task = asyncio.create_task(self._load())
@@ -75,3 +95,7 @@ class Runtime:
             self._load_task.cancel()
         if self.engine is not None:
             self.engine.shutdown()
+        if self.sink is not None:
+            await asyncio.to_thread(self.sink.sink.close)
+        if self.publisher is not None:
+            await asyncio.to_thread(self.publisher.close)

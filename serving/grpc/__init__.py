@@ -1,0 +1,1 @@
+"""The gRPC API: servicers that only convert protobuf ↔ handler types (see protos/)."""

@@ -1,0 +1,137 @@
+"""Protobuf ↔ the handlers' pydantic types. No logic beyond the mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protos.rlhf.v1 import feedback_pb2 as fpb
+from protos.rlhf.v1 import inference_pb2 as pb
+from serving.openai import protocol as p
+
+_SAMPLING_FIELDS = ("n", "max_tokens", "temperature", "top_p", "top_k", "seed",
+                    "presence_penalty", "frequency_penalty", "min_tokens")
+
+
+def sampling_fields(s: pb.SamplingParameters) -> dict[str, Any]:
+    fields: dict[str, Any] = {f: getattr(s, f) for f in _SAMPLING_FIELDS if s.HasField(f)}
+    if s.stop:
+        fields["stop"] = list(s.stop)
+    fields["ignore_eos"] = s.ignore_eos
+    return fields
+
+
+def to_request(msg: pb.GenerateRequest,
+               stream: bool) -> p.CompletionRequest | p.ChatCompletionRequest:
+    """A GenerateRequest becomes the same request type the HTTP endpoint validates."""
+    common: dict[str, Any] = {"model": msg.model or None, "user": msg.user or None,
+                              "stream": stream, **sampling_fields(msg.sampling)}
+    if stream:
+        common["stream_options"] = {"include_usage": True}
+    logprobs = msg.sampling.logprobs if msg.sampling.HasField("logprobs") else None
+    kind = msg.WhichOneof("input")
+    if kind == "messages":
+        return p.ChatCompletionRequest(
+            messages=[{"role": m.role, "content": m.content} for m in msg.messages.messages],
+            logprobs=logprobs is not None, top_logprobs=logprobs, **common)
+    prompt: str | list[int] = list(msg.token_ids.ids) if kind == "token_ids" else msg.prompt
+    return p.CompletionRequest(prompt=prompt, logprobs=logprobs, **common)
+
+
+def _completion_logprobs(lp: p.CompletionLogProbs | None) -> list[pb.TokenLogprobs]:
+    if lp is None:
+        return []
+    return [pb.TokenLogprobs(
+        sampled=pb.TokenLogprob(token=tok, logprob=logprob or 0.0),
+        top=[pb.TokenLogprob(token=t, logprob=v) for t, v in (top or {}).items()])
+        for tok, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True)]
+
+
+def _chat_logprobs(lp: p.ChatLogProbs | None) -> list[pb.TokenLogprobs]:
+    if lp is None or lp.content is None:
+        return []
+    return [pb.TokenLogprobs(
+        sampled=pb.TokenLogprob(token=t.token, logprob=t.logprob),
+        top=[pb.TokenLogprob(token=a.token, logprob=a.logprob) for a in t.top_logprobs])
+        for t in lp.content]
+
+
+def to_choice(c: p.CompletionChoice | p.ChatChoice | p.ChatStreamChoice) -> pb.Choice:
+    if isinstance(c, p.CompletionChoice):
+        text, logprobs = c.text, _completion_logprobs(c.logprobs)
+    elif isinstance(c, p.ChatChoice):
+        text, logprobs = c.message.content or "", _chat_logprobs(c.logprobs)
+    else:
+        text, logprobs = c.delta.content or "", _chat_logprobs(c.logprobs)
+    return pb.Choice(index=c.index, text=text, finish_reason=c.finish_reason or "",
+                     logprobs=logprobs)
+
+
+def to_usage(u: p.UsageInfo | None) -> pb.Usage | None:
+    if u is None:
+        return None
+    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                    total_tokens=u.total_tokens)
+
+
+def to_response(r: p.CompletionResponse | p.ChatCompletionResponse) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        request_id=r.id, model=r.model, policy_version=r.policy_version, created=r.created,
+        choices=[to_choice(c) for c in r.choices], usage=to_usage(r.usage))
+
+
+def to_stream_response(r: p.CompletionStreamResponse | p.ChatCompletionStreamResponse,
+                       ) -> pb.GenerateStreamResponse:
+    return pb.GenerateStreamResponse(
+        request_id=r.id, model=r.model, policy_version=r.policy_version,
+        choices=[to_choice(c) for c in r.choices], usage=to_usage(r.usage))
+
+
+def to_models(models: p.ModelList) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[
+        pb.Model(id=m.id, root=m.root or "", max_model_len=m.max_model_len or 0,
+                 policy_version=m.policy_version or "") for m in models.data])
+
+
+# -- feedback ---------------------------------------------------------------------------
+def _set_fields(msg: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """Proto3 scalars: an empty string / unset optional means "not given"."""
+    out: dict[str, Any] = {}
+    for name in names:
+        field = msg.DESCRIPTOR.fields_by_name[name]
+        if field.label == field.LABEL_REPEATED:
+            value = list(getattr(msg, name))
+            if value:
+                out[name] = value
+        elif field.has_presence:
+            if msg.HasField(name):
+                out[name] = getattr(msg, name)
+        elif getattr(msg, name) != field.default_value:
+            out[name] = getattr(msg, name)
+    return out
+
+
+_FEEDBACK_FIELDS = {
+    "ranking": ("request_id", "choices", "prompt", "responses", "ranks"),
+    "comparison": ("request_id", "choice_a", "choice_b", "prompt", "text_a", "text_b",
+                   "preferred"),
+    "rating": ("request_id", "choice", "prompt", "response", "score", "comment"),
+    "demonstration": ("prompt", "response", "request_id"),
+}
+
+
+def feedback_body(item: fpb.FeedbackItem) -> dict[str, Any]:
+    """A FeedbackItem becomes the JSON body POST /v1/feedback accepts."""
+    kind = item.WhichOneof("kind")
+    if kind is None:
+        return {}
+    inner = getattr(item, kind)
+    body = {"type": kind, **_set_fields(inner, _FEEDBACK_FIELDS[kind])}
+    if kind == "rating":
+        body["score"] = inner.score
+    if kind == "demonstration" and inner.messages:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in inner.messages]
+    if item.event_id:
+        body["event_id"] = item.event_id
+    if item.submitted_by:
+        body["submitted_by"] = item.submitted_by
+    return body
