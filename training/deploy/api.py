@@ -1,0 +1,101 @@
+"""The controller's admin HTTP API: status, promote, roll back (admin API keys only).
+
+``GET /v1/deploy/status``, ``POST /v1/deploy/promote``, ``POST /v1/deploy/rollback``.
+Errors use OpenAI's error JSON; a gate failure is a 409 whose error lists the failed
+gates and carries the full report. The app's lifespan runs the ``rlhf.policy`` event loop
+when asked to, so one process serves the API and reacts to events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from feedback.auth import AuthError, KeyRing, require_role
+from training.deploy.controller import DeployController, DeployStatus, PromoteResult, RollbackResult
+from training.deploy.errors import DeployError, GatesFailed
+
+admin = [Depends(require_role("admin"))]
+
+
+class PromoteRequest(BaseModel):
+    version: str = Field(min_length=1, description="Policy version to make live.")
+    force: bool = Field(False, description="Skip the gates (an operator's override).")
+    reason: str = Field("", max_length=1000, description="Recorded in the live history.")
+
+
+class RollbackRequest(BaseModel):
+    version: str | None = Field(
+        None, description="Version to return to; default: the previous good live version.")
+    reason: str = Field("", max_length=1000, description="Recorded in the live history.")
+
+
+def error_json(status: int, message: str, type_: str, **extra: object) -> JSONResponse:
+    """OpenAI's error shape, with any extra fields inside ``error``."""
+    return JSONResponse({"error": {"message": message, "type": type_, "param": None,
+                                   "code": status, **extra}}, status_code=status)
+
+
+async def auth_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AuthError)
+    kind = "AuthenticationError" if exc.status == 401 else "PermissionDeniedError"
+    return error_json(exc.status, exc.message, kind)
+
+
+async def deploy_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DeployError)
+    if isinstance(exc, GatesFailed):
+        return error_json(exc.status, exc.message, exc.type, failed_gates=exc.report.failed,
+                          gates=exc.report.model_dump(mode="json"))
+    return error_json(exc.status, exc.message, exc.type)
+
+
+async def status(request: Request) -> DeployStatus:
+    """Live version, every policy with its gate status, the history, replica versions."""
+    controller: DeployController = request.app.state.controller
+    return controller.status(controller.replicas.snapshot())
+
+
+async def promote(body: PromoteRequest, request: Request) -> PromoteResult:
+    """Run the gates (unless forced) and make the version live; 409 when a gate fails."""
+    return await request.app.state.controller.promote(body.version, body.force, body.reason)
+
+
+async def rollback(body: RollbackRequest, request: Request) -> RollbackResult:
+    """Make an earlier version live again (default: the previous good one)."""
+    return await request.app.state.controller.rollback(body.version, body.reason)
+
+
+def create_app(controller: DeployController, keyring: KeyRing,
+               consume_events: bool = False) -> FastAPI:
+    """The admin app; with ``consume_events`` its lifespan also runs the event loop."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from training.deploy.loop import consume
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(consume(controller, stop)) if consume_events else None
+        yield
+        stop.set()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="rlhf deploy controller", version="1", lifespan=lifespan)
+    app.state.controller, app.state.keyring = controller, keyring
+    app.add_api_route("/v1/deploy/status", status, methods=["GET"], dependencies=admin,
+                      response_model=DeployStatus)
+    app.add_api_route("/v1/deploy/promote", promote, methods=["POST"], dependencies=admin,
+                      response_model=PromoteResult)
+    app.add_api_route("/v1/deploy/rollback", rollback, methods=["POST"], dependencies=admin,
+                      response_model=RollbackResult)
+    app.add_api_route("/health", lambda: {"status": "ok"}, methods=["GET"])
+    app.add_exception_handler(AuthError, auth_error)
+    app.add_exception_handler(DeployError, deploy_error)
+    return app

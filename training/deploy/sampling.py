@@ -1,0 +1,127 @@
+"""Answers of a policy to held-out prompts, and their log-probabilities under any policy.
+
+The gates compare two policies on the *same* prompts with the *same* sampling seed, so a
+copy of the live policy produces exactly the live policy's answers and every difference
+the gates see comes from the weights. Sampling uses the policy's own distribution
+(``top_k=0``, ``top_p=1``) so that the candidate's samples are draws from π_cand, which
+the KL estimate needs.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training.formatting import render_prompt
+from training.reward_model import pad_batch
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One answer per prompt, as text and as token ids."""
+
+    prompts: list[str]
+    responses: list[str]  # decoded answers, special tokens removed
+    prompt_ids: list[list[int]]  # the rendered prompt's ids (cut to max_prompt_tokens)
+    response_ids: list[list[int]]  # sampled ids, EOS included when it was sampled
+
+    @property
+    def lengths(self) -> list[int]:
+        """Answer lengths in tokens (EOS included)."""
+        return [len(r) for r in self.response_ids]
+
+
+@dataclass
+class Policy:
+    """A causal LM and its tokenizer, loaded for evaluation."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+
+    @classmethod
+    def load(cls, path: Path, name: str, device: str = "cpu") -> Policy:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        return cls(name, model.eval(), AutoTokenizer.from_pretrained(path))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def release(self) -> None:
+        """Free the weights now; the gates load up to four models one after another."""
+        self.model = None  # type: ignore[assignment]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def same_vocabulary(a: Policy, b: Policy) -> bool:
+    """Log-probs of one policy's token ids under another only mean something if True."""
+    return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Rendered prompt ids, keeping the last ``max_prompt_tokens`` (nearest the answer)."""
+    ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+           for p in prompts]
+    return [i[-max_prompt_tokens:] for i in ids]
+
+
+def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and mask, padded on the left so every row's answer starts at column T."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
+    """The answer up to and including its first EOS; padding after it is dropped."""
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+
+
+@torch.no_grad()
+def sample(policy: Policy, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
+           seed: int, batch_size: int, max_prompt_tokens: int) -> Samples:
+    """One seeded answer per prompt; batch ``b`` is sampled after ``manual_seed(seed + b)``."""
+    tok = policy.tokenizer
+    prompt_ids = encode_prompts(tok, prompts, max_prompt_tokens)
+    answers: list[list[int]] = []
+    for b, start in enumerate(range(0, len(prompt_ids), batch_size)):
+        ids, mask = left_pad(prompt_ids[start: start + batch_size], tok.pad_token_id)
+        torch.manual_seed(seed + b)
+        out = policy.model.generate(
+            input_ids=ids.to(policy.device), attention_mask=mask.to(policy.device),
+            do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id)  # (B, T + new)
+        answers += [cut_at_eos(row, tok.eos_token_id) for row in out[:, ids.size(1):].tolist()]
+    texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
+    return Samples(list(prompts), texts, prompt_ids, answers)
+
+
+@torch.no_grad()
+def answer_logprobs(policy: Policy, samples: Samples, batch_size: int) -> torch.Tensor:
+    """(N,) Σ_t log π(y_t | x, y_<t) over each answer's tokens, at temperature 1."""
+    seqs = [p + r for p, r in zip(samples.prompt_ids, samples.response_ids, strict=True)]
+    totals = torch.zeros(len(seqs), dtype=torch.float64)
+    for start in range(0, len(seqs), batch_size):
+        batch = seqs[start: start + batch_size]
+        ids, mask = pad_batch(batch, policy.tokenizer.pad_token_id)  # (B, T)
+        logits = policy.model(input_ids=ids.to(policy.device),
+                              attention_mask=mask.to(policy.device)).logits.float()  # (B, T, V)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V) predicts ids[:, 1:]
+        token_logp = logp.gather(-1, ids[:, 1:, None].to(policy.device)).squeeze(-1)  # (B, T-1)
+        for row, i in enumerate(range(start, start + len(batch))):
+            first, last = len(samples.prompt_ids[i]), len(seqs[i])  # answer = ids[first:last]
+            totals[i] = token_logp[row, first - 1: last - 1].double().sum().cpu()
+    return totals
