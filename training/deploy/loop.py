@@ -54,9 +54,15 @@ async def handle_records(controller: DeployController, values: list[bytes]) -> i
 
 
 async def consume(controller: DeployController, stop: asyncio.Event) -> None:
-    """Poll, handle, commit until ``stop`` is set; reconnects after broker errors."""
+    """Poll, handle, commit until ``stop`` is set; reconnects after broker errors.
+
+    Gates take longer than a poll interval, so a batch is handled in a task while the
+    partitions are paused and polling goes on: the consumer stays in its group however
+    long the gates run, and offsets are committed once the batch is handled.
+    """
     settings = controller.settings
     consumer: KafkaConsumer | None = None
+    batch: asyncio.Task | None = None
     try:
         while not stop.is_set():
             try:
@@ -64,18 +70,28 @@ async def consume(controller: DeployController, stop: asyncio.Event) -> None:
                     consumer = await asyncio.to_thread(make_policy_consumer, settings)
                 polled = await asyncio.to_thread(consumer.poll,
                                                  timeout_ms=settings.poll_timeout_ms)
-                records = sorted((r for batch in polled.values() for r in batch),
+                records = sorted((r for recs in polled.values() for r in recs),
                                  key=lambda r: r.timestamp)
                 if records:
-                    await handle_records(controller, [r.value for r in records])
+                    consumer.pause(*consumer.assignment())
+                    batch = asyncio.create_task(
+                        handle_records(controller, [r.value for r in records]))
+                if batch is not None and batch.done():
+                    batch = None
                     await asyncio.to_thread(consumer.commit)
+                    consumer.resume(*consumer.paused())
             except KafkaError as e:
                 log.warning("policy topic: %s; reconnecting", e)
+                if batch is not None:  # its records come again from the last commit
+                    await batch
+                    batch = None
                 if consumer is not None:
                     await asyncio.to_thread(consumer.close)
                 consumer = None
                 await _pause(stop, 1.0)
     finally:
+        if batch is not None:
+            await batch  # finish what was started; its offsets are not committed
         if consumer is not None:
             await asyncio.to_thread(consumer.close)
 
