@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -23,7 +23,7 @@ def handler_of(request: Request) -> FeedbackHandler:
 
 
 @router.post("/v1/feedback", status_code=202, response_model=FeedbackAck)
-async def submit_feedback(request: Request, item: FeedbackEvent = Body(...),
+async def submit_feedback(request: Request, item: FeedbackEvent,
                           caller: Caller = Depends(require_role("user"))):
     ack = await handler_of(request).submit(item, caller)
     return JSONResponse(ack.model_dump(), status_code=202)

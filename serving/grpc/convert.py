@@ -98,7 +98,7 @@ def _set_fields(msg: Any, names: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         field = msg.DESCRIPTOR.fields_by_name[name]
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             value = list(getattr(msg, name))
             if value:
                 out[name] = value
