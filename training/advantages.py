@@ -121,3 +121,22 @@ class AdaptiveKLController:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+                       ) -> torch.Tensor:
+    """How much of the returns' variance the value function explains, over ``mask``.
+
+    EV = 1 − Var[R − V] / Var[R]: 1 is a perfect critic, 0 no better than a constant,
+    negative worse than one. Returns NaN-free 0 when the returns are constant.
+
+    Args:
+        values, returns, mask: (B, T).
+    """
+    def var(x: torch.Tensor) -> torch.Tensor:
+        return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+    var_returns = var(returns)
+    if var_returns <= 0:
+        return torch.zeros((), dtype=returns.dtype)
+    return 1.0 - var(returns - values) / var_returns

@@ -37,20 +37,23 @@ def _settings(database_url: str | None, registry: Path | None) -> TrainSettings:
 
 
 def _run(recipe: str, config: Path | None, database_url: str | None, registry: Path | None,
-         base: str | None, announce: bool) -> None:
+         base: str | None, announce: bool, **extra: str | None) -> None:
     from feedback.registry import Registry
     from feedback.store import FeedbackStore
     from training.config import load_config
-    from training.recipes import reward, sft
+    from training.metrics import prometheus_sink
+    from training.recipes import ppo, reward, sft
 
-    module, cls = {"sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig)}[recipe]
+    module, cls = {"sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig),
+                   "ppo": (ppo, ppo.PPOConfig)}[recipe]
     settings = _settings(database_url, registry)
-    overrides = {"base": base} if base else {}
-    cfg = load_config(cls, config, f"{recipe}.yaml", overrides)
+    overrides = {k: v for k, v in {"base": base, **extra}.items() if v}
+    cfg = load_config(cls, config or _packaged(settings, recipe), f"{recipe}.yaml", overrides)
     store = FeedbackStore(settings.database.url)
     store.migrate()
+    hooks = {"on_step": prometheus_sink(settings.metrics_port, recipe)} if recipe == "ppo" else {}
     manifest = module.train(cfg, store=store, registry=Registry(settings.registry.root),
-                            kafka=settings.kafka if announce else None)
+                            kafka=settings.kafka if announce else None, **hooks)
     typer.echo(json.dumps({"version": manifest.version, "parent": manifest.parent,
                            "data_mark": manifest.data_mark, "metrics": manifest.metrics}))
 
@@ -69,6 +72,48 @@ def reward(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
            announce: bool = AnnounceOpt) -> None:
     """InstructGPT reward model on K-way rankings → a new reward version."""
     _run("reward", config, database_url, registry, base, announce)
+
+
+@train_app.command()
+def ppo(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
+        registry: Path | None = RegOpt, base: str | None = BaseOpt,
+        reward_model: str | None = typer.Option(
+            None, "--reward-model", help="Reward version (default: the newest)."),
+        announce: bool = AnnounceOpt) -> None:
+    """PPO-ptx against a reward model, rollouts on vLLM → a candidate policy version."""
+    _run("ppo", config, database_url, registry, base, announce, reward_model=reward_model)
+
+
+@train_app.command()
+def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
+          min_new_rankings: int | None = typer.Option(
+              None, "--min-new-rankings", help="Override RLHF_MIN_NEW_RANKINGS."),
+          announce: bool = AnnounceOpt) -> None:
+    """Run what is due: a reward model on new rankings, then PPO. Exit 0 when nothing is.
+
+    Recipe configs come from RLHF_CONFIG_DIR (reward.yaml, ppo.yaml) or the packaged ones.
+    """
+    from feedback.registry import Registry
+    from feedback.store import FeedbackStore
+    from training.cycle import cycle as run
+    from training.metrics import prometheus_sink
+
+    settings = _settings(database_url, registry)
+    store = FeedbackStore(settings.database.url)
+    store.migrate()
+    result = run(store=store, registry=Registry(settings.registry.root),
+                 min_new_rankings=min_new_rankings or settings.min_new_rankings,
+                 config_dir=settings.config_dir, kafka=settings.kafka if announce else None,
+                 on_step=prometheus_sink(settings.metrics_port, "ppo"))
+    if result.did_nothing:
+        typer.echo("nothing due: " + "; ".join(result.reasons), err=True)
+    typer.echo(json.dumps({"versions": result.versions, "reasons": result.reasons}))
+
+
+def _packaged(settings: TrainSettings, recipe: str) -> Path | None:
+    """``<config_dir>/<recipe>.yaml`` when RLHF_CONFIG_DIR provides one."""
+    path = settings.config_dir / f"{recipe}.yaml" if settings.config_dir else None
+    return path if path and path.is_file() else None
 
 
 @reward_app.command("score")

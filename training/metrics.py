@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,21 @@ def plot_curves(records: list[dict[str, Any]], keys: list[str], out: Path, title
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def prometheus_sink(port: int, recipe: str) -> Callable[[dict[str, float]], None] | None:
+    """Serve each step's metrics as gauges ``rlhf_<recipe>_<name>`` on ``port``; 0 = off."""
+    if not port:
+        return None
+    from prometheus_client import Gauge, start_http_server
+
+    start_http_server(port)
+    gauges: dict[str, Gauge] = {}
+
+    def on_step(record: dict[str, float]) -> None:
+        for name, value in record.items():
+            if name not in gauges:
+                gauges[name] = Gauge(f"rlhf_{recipe}_{name}", f"{recipe} {name}, last step")
+            gauges[name].set(value)
+
+    return on_step

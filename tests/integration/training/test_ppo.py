@@ -1,0 +1,100 @@
+"""PPO-ptx on the tiny model with real vLLM rollouts, a real SQLite store and registry.
+
+One module-scoped setup trains the tiny SFT policy and a reward model on the hidden rule
+(``training/synthetic.py``); each test copies it. PPO then has to make the policy say the
+marker word more often, which both the reward model and the hidden rule reward.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from feedback.registry import Registry
+from feedback.store import FeedbackStore
+from training.config import load_config
+from training.recipes import ppo, reward, sft
+from training.synthetic import hidden_score, synthetic_demonstrations, synthetic_rankings
+from training.tiny_model import build_tiny_model
+
+pytestmark = pytest.mark.engine
+
+STEP_METRICS = {"reward_mean", "reward_std", "kl_to_ref", "entropy", "clip_fraction",
+                "approx_kl", "value_loss", "explained_variance", "response_length",
+                "rollout_tokens_per_s", "weight_sync_s", "ptx_loss", "engine_logprob_gap"}
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory) -> Path:
+    """A store with ranked and demonstrated feedback, SFT policy-0001 (live), reward-0001."""
+    home = tmp_path_factory.mktemp("ppo-home")
+    store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
+    store.migrate()
+    store.persist(synthetic_rankings(80, k_min=2, k_max=5, seed=1))
+    store.persist(synthetic_demonstrations(24, seed=2))
+    registry = Registry(home / "registry")
+    registry.register_base(build_tiny_model(home / "tiny"))
+    sft_cfg = load_config(sft.SFTConfig, None, "sft.yaml",
+                          {"lr": 2e-3, "epochs": 2, "progress": False})
+    registry.set_live(sft.train(sft_cfg, store=store, registry=registry).version, "bootstrap")
+    rm_cfg = load_config(reward.RewardConfig, None, "reward.yaml",
+                         {"lr": 1e-3, "epochs": 2, "max_len": 64, "progress": False})
+    reward.train(rm_cfg, store=store, registry=registry)
+    store.close()
+    return home
+
+
+@pytest.fixture
+def home(trained_home, tmp_path) -> Path:
+    shutil.copytree(trained_home, tmp_path / "home")
+    return tmp_path / "home"
+
+
+def mean_hidden_score(rows: list[dict]) -> float:
+    return sum(hidden_score(r["response"]) for r in rows) / len(rows)
+
+
+def test_ppo_raises_reward_and_hidden_rule_within_kl(home):
+    store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
+    registry = Registry(home / "registry")
+    cfg = load_config(ppo.PPOConfig, None, "ppo.yaml", {
+        "lr": 5e-4, "max_steps": 12, "batch_size": 16, "minibatch_size": 8, "max_len": 96,
+        "warmup_steps": 0, "ptx_coef": 0.1, "progress": False})
+    m = ppo.train(cfg, store=store, registry=registry)
+
+    # the candidate: parent, reward model, data mark, config and final metrics recorded
+    assert (m.version, m.parent) == ("policy-0002", "policy-0001")
+    assert m.config["recipe"] == "ppo" and m.config["reward_model"] == "reward-0001"
+    assert m.data_mark == store.high_water_mark() == 104
+    assert m.metrics["steps"] == 12 and m.metrics["ptx_source"] == "demonstrations"
+    assert m.metrics["prompt_source"] == "prompt_file"  # no completions in this store
+    assert registry.verify(m.version) == []
+    version = registry.path(m.version)
+    assert (version / "curves.png").stat().st_size > 1000
+
+    # every step logged every metric; the engine's log-probs equal the trainer's
+    # (|Δ| ≈ 1e-7 measured) at every step, so each in-place sync really took effect
+    steps = [json.loads(r) for r in (version / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in steps if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 13))
+    assert all(STEP_METRICS <= r.keys() for r in train)
+    assert max(r["engine_logprob_gap"] for r in train) < 1e-3
+    assert all(0 < r["weight_sync_s"] < 5 and r["rollout_tokens_per_s"] > 0 for r in train)
+    assert train[0]["kl_to_ref"] == pytest.approx(0.0, abs=1e-4)  # first rollout: π = π_ref
+
+    # held-out prompts: the candidate beats its parent under the reward model and under
+    # the hidden rule, and stays within a KL bound (measured: −2.6 → +2.5 reward,
+    # 0.35 → 1.2 markers per response, KL ≈ 5 nats)
+    assert m.metrics["eval_reward"] > m.metrics["eval_reward_parent"] + 1.0
+    samples = json.loads((version / "eval_samples.json").read_text())
+    assert mean_hidden_score(samples["candidate"]) > mean_hidden_score(samples["parent"]) + 0.2
+    assert 0 < m.metrics["kl_to_ref"] < 20.0
+
+    # every policy weight moved
+    before = load_file(registry.path("policy-0001") / "model.safetensors")
+    after = load_file(version / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert [k for k in before if torch.equal(before[k], after[k])] == []

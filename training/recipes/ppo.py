@@ -1,0 +1,558 @@
+"""Step 3 of InstructGPT: PPO-ptx against the reward model, with rollouts on vLLM.
+
+Each step samples a batch of prompts from real traffic (the store's completion log), has
+the vLLM engine answer them, scores every response with the reward model (normalised by
+its stored bias) and pays a per-token KL penalty β·(log π − log π_ref) against the frozen
+parent policy. Advantages come from GAE with γ = 1; the update is the clipped PPO policy
+loss, the clipped value loss of a value model initialised from the reward model, and the
+PPO-ptx term γ_ptx · LM loss on demonstrations (or the shipped corpus). After every step
+the new weights are loaded into the running engine in place (``RolloutEngine``).
+The result is a candidate policy version in the registry.
+
+Run: ``rlhf train ppo --config training/configs/ppo.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from pydantic import Field
+from torch import nn
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_constant_schedule_with_warmup
+
+from feedback.registry import Manifest, Registry, RegistryError
+from feedback.settings import KafkaSettings
+from training.advantages import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    gae,
+    kl_penalized_rewards,
+    whiten,
+)
+from training.config import RunConfig
+from training.datasets import TrainingDataError, sft_example, split_by_prompt
+from training.formatting import render_prompt
+from training.losses import (
+    entropy_from_logits,
+    masked_mean,
+    ppo_policy_loss,
+    ptx_loss,
+    value_loss,
+)
+from training.metrics import MetricsLog
+from training.reward_model import RewardModel, last_token_hidden, pad_batch
+from training.rollout import RolloutEngine, Sample
+from training.runs import make_accelerator, publish, resolve_base, shared_result, snapshot
+from training.tiny_model import CORPUS
+
+DATA_DIR = Path(__file__).parents[1] / "data"
+
+
+class PPOConfig(RunConfig):
+    """``training/configs/ppo.yaml``."""
+
+    reward_model: str | None = Field(
+        None, description="Reward version to optimise against; None = the newest one.")
+    episodes: int = Field(256, ge=1, description="Responses sampled in all (paper: 256k).")
+    batch_size: int = Field(16, ge=1, description="Prompts per rollout (paper: 512).")
+    minibatch_size: int = Field(8, ge=1, description="Episodes per update (paper: 64).")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout (paper: 1).")
+    lr: float = Field(1e-5, gt=0, description="Policy learning rate (constant after warm-up).")
+    value_lr: float | None = Field(None, gt=0, description="Value learning rate; None = lr.")
+    warmup_steps: int = Field(10, ge=0, description="Warm-up updates (paper: 10).")
+    max_new_tokens: int = Field(32, ge=1, description="Longest sampled response.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (paper: 1).")
+    kl_coef: float = Field(0.02, ge=0, description="β of the per-token KL penalty.")
+    kl_target: float | None = Field(
+        None, gt=0, description="Adaptive β steering KL (nats/response) here; None = fixed.")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE λ (γ is 1: a bandit).")
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip ε (paper: 0.2).")
+    value_clip_eps: float = Field(0.2, gt=0, description="Value clip around old values.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    ptx_coef: float = Field(1.0, ge=0, description="γ_ptx (paper 27.8; 0 = plain PPO).")
+    ptx_batch_size: int = Field(8, ge=1, description="LM-loss sequences per update.")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Publish an EMA of the weights (paper: 0.992).")
+    prompt_limit: int = Field(2000, ge=1, description="Most recent distinct prompts used.")
+    prompt_file: Path = Field(
+        DATA_DIR / "prompts.txt",
+        description="Prompts (one a line) used when the store has no completions yet.")
+    eval_max_prompts: int = Field(32, ge=1, description="Held-out prompts scored per eval.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Prompts held out for eval.")
+    kv_cache_mib: int = Field(256, ge=16, description="vLLM KV cache on CPUs (MiB).")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="GPU share the rollout engine may take.")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+def load_prompts(store, cfg: PPOConfig) -> tuple[list[str], str]:
+    """Distinct recent prompts of real traffic, else the fallback file; (prompts, source)."""
+    prompts = store.recent_prompts(limit=cfg.prompt_limit)
+    if prompts:
+        return prompts, "completions"
+    path = Path(cfg.prompt_file)
+    if not path.is_file():
+        raise TrainingDataError(f"no completions in the feedback store and prompt_file {path} "
+                                "does not exist; serve some traffic or set prompt_file")
+    lines = list(dict.fromkeys(ln.strip() for ln in path.read_text().splitlines()))
+    return [ln for ln in lines if ln], "prompt_file"
+
+
+def encode_prompt(tokenizer, prompt: str, max_prompt_len: int) -> list[int]:
+    """The rendered prompt's ids, keeping the end when too long (as ``encode_pair``)."""
+    ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    return ids[-max_prompt_len:]
+
+
+def load_ptx(store, data_mark: int, tokenizer, max_len: int) -> tuple[list[dict], str]:
+    """PPO-ptx sequences: demonstrations (loss on the response), else corpus lines."""
+    demos = store.demonstrations(until=data_mark)
+    if demos:
+        return [sft_example(tokenizer, d.prompt, d.response, max_len) for d in demos], \
+            "demonstrations"
+    lines = [ln for ln in CORPUS.read_text().splitlines() if ln.strip()]
+    examples = []
+    for ln in lines:
+        ids = tokenizer(ln, add_special_tokens=False)["input_ids"][:max_len - 1]
+        ids.append(tokenizer.eos_token_id)
+        examples.append({"input_ids": ids, "labels": list(ids)})
+    return examples, "corpus"
+
+
+def ptx_batches(examples: list[dict], batch_size: int, pad_id: int, seed: int
+                ) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches of (B, T) input_ids, attention_mask and labels (−100 pad)."""
+    rng = random.Random(seed)
+    while True:
+        order = rng.sample(range(len(examples)), len(examples))
+        for start in range(0, max(len(order) - batch_size, 0) + 1, batch_size):
+            rows = [examples[i] for i in order[start:start + batch_size]]
+            ids, mask = pad_batch([r["input_ids"] for r in rows], pad_id)
+            labels, _ = pad_batch([r["labels"] for r in rows], -100)
+            yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# -- episodes as tensors -----------------------------------------------------------------------
+
+@dataclass
+class Episodes:
+    """Prompt + response, right-padded, and where each response token sits.
+
+    input_ids, attention_mask: (B, L). positions: (B, R) index into ``logits[:, :-1]`` of
+    the logits that predict each response token. response_ids: (B, R). mask: (B, R).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device) -> Episodes:
+        return Episodes(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                                 self.positions, self.response_ids, self.mask)))
+
+    def select(self, rows: torch.Tensor) -> Episodes:
+        return Episodes(self.input_ids[rows], self.attention_mask[rows], self.positions[rows],
+                        self.response_ids[rows], self.mask[rows])
+
+
+def pack_episodes(samples: Sequence[Sample], pad_id: int) -> Episodes:
+    """Samples → ``Episodes``; padded slots point at position 0 and are masked."""
+    input_ids, attention_mask = pad_batch([s.prompt_ids + s.response_ids for s in samples],
+                                          pad_id)
+    width = max(len(s.response_ids) for s in samples)
+    positions = torch.zeros((len(samples), width), dtype=torch.long)
+    response_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n, start = len(s.response_ids), len(s.prompt_ids) - 1
+        positions[i, :n] = torch.arange(start, start + n)
+        response_ids[i, :n] = torch.tensor(s.response_ids, dtype=torch.long)
+        mask[i, :n] = True
+    return Episodes(input_ids, attention_mask, positions, response_ids, mask)
+
+
+def response_logprobs(model, ep: Episodes, temperature: float = 1.0,
+                      with_entropy: bool = False):
+    """(B, R) log π of each response token (and (B, R) entropy when asked)."""
+    logits = model(input_ids=ep.input_ids, attention_mask=ep.attention_mask).logits[:, :-1]
+    index = ep.positions.unsqueeze(-1).expand(-1, -1, logits.size(-1))  # (B, R, V)
+    picked = logits.gather(1, index).float() / temperature  # (B, R, V)
+    logp = F.log_softmax(picked, dim=-1).gather(-1, ep.response_ids.unsqueeze(-1)).squeeze(-1)
+    return (logp, entropy_from_logits(picked)) if with_entropy else logp
+
+
+class ValueModel(nn.Module):
+    """V(s_t) for every response position: the reward model's backbone and head, per token.
+
+    Initialised from the reward model (InstructGPT), bias included, so at the final token
+    it starts out predicting the reward.
+    """
+
+    def __init__(self, reward_model: RewardModel):
+        super().__init__()
+        self.rm = reward_model
+
+    def forward(self, input_ids, attention_mask, positions) -> torch.Tensor:
+        hidden = self.rm.backbone(input_ids=input_ids, attention_mask=attention_mask
+                                  ).last_hidden_state  # (B, L, H)
+        index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, R, H)
+        return self.rm.head(hidden.gather(1, index)).squeeze(-1) + self.rm.bias  # (B, R)
+
+
+@torch.no_grad()
+def reward_scores(reward_model: RewardModel, samples: Sequence[Sample], eos_id: int,
+                  pad_id: int, device) -> torch.Tensor:
+    """(B,) normalised reward of each prompt + response, closed by EOS as the RM was trained."""
+    seqs = [s.prompt_ids + s.response_ids + ([] if s.response_ids[-1:] == [eos_id] else [eos_id])
+            for s in samples]
+    ids, mask = pad_batch(seqs, pad_id)
+    hidden = reward_model.backbone(input_ids=ids.to(device), attention_mask=mask.to(device)
+                                   ).last_hidden_state
+    last = last_token_hidden(hidden, mask.to(device))  # (B, H)
+    return reward_model.head(last).squeeze(-1) + reward_model.bias
+
+
+class EMA:
+    """Exponential moving average of a model's parameters: θ̄ ← d·θ̄ + (1 − d)·θ."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().clone().float() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, p in model.named_parameters():
+            self.shadow[k].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for k, p in model.named_parameters():
+            p.copy_(self.shadow[k].to(p.dtype))
+
+
+# -- one PPO iteration -----------------------------------------------------------------------
+
+@dataclass
+class Scored:
+    """A rollout batch with everything the update needs; all (B, R) except ``score``."""
+
+    ep: Episodes
+    score: torch.Tensor  # (B,)
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    engine_gap: torch.Tensor  # (B, R) |log π_vLLM − log π_HF|, ≈ 0 when weights are in sync
+
+
+def rollout(engine: RolloutEngine | None, accelerator: Accelerator, prompt_ids, cfg: PPOConfig,
+            step: int) -> tuple[list[Sample], float]:
+    """Main process samples; every process gets its shard. Returns (shard, tokens/s)."""
+    payload: list[Any] = [None]
+    if accelerator.is_main_process:
+        assert engine is not None
+        t0 = time.perf_counter()
+        samples = engine.generate(prompt_ids, max_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, seed=cfg.seed + step * 100003)
+        tokens = sum(len(s.response_ids) for s in samples)
+        payload = [(samples, tokens / (time.perf_counter() - t0))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(payload, from_process=0)
+    samples, tokens_per_s = payload[0]
+    samples = [s if s.response_ids else Sample(s.prompt_ids, [0], [0.0], False)
+               for s in samples]  # an empty response cannot be scored; never seen in practice
+    return samples[accelerator.process_index::accelerator.num_processes], tokens_per_s
+
+
+@torch.no_grad()
+def score_episodes(samples, policy, ref, value_model, reward_model, kl_coef: float,
+                   cfg: PPOConfig, tokenizer, device) -> Scored:
+    """Reward, reference and old log-probs, values, then KL-penalised GAE advantages."""
+    ep = pack_episodes(samples, tokenizer.pad_token_id).to(device)
+    score = reward_scores(reward_model, samples, tokenizer.eos_token_id,
+                          tokenizer.pad_token_id, device)  # (B,)
+    old_logprobs = response_logprobs(policy, ep, cfg.temperature)  # (B, R)
+    ref_logprobs = response_logprobs(ref, ep, cfg.temperature)
+    old_values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
+    rewards = kl_penalized_rewards(score, old_logprobs, ref_logprobs, ep.mask, kl_coef)
+    advantages, returns = gae(rewards, old_values, ep.mask, gamma=1.0, lam=cfg.gae_lambda)
+    engine_lp = torch.zeros_like(old_logprobs)
+    for i, s in enumerate(samples):
+        engine_lp[i, :len(s.engine_logprobs)] = torch.tensor(s.engine_logprobs)
+    gap = (engine_lp - old_logprobs).abs() * ep.mask
+    return Scored(ep, score, old_logprobs, ref_logprobs, old_values,
+                  whiten(advantages, ep.mask), returns, gap)
+
+
+def update(batch: Scored, policy, value_model, optimizer, scheduler, ptx_iter, accelerator,
+           cfg: PPOConfig) -> dict[str, float]:
+    """``ppo_epochs`` passes of minibatch updates; returns the mean of each loss statistic."""
+    stats: dict[str, list[float]] = {}
+    n = batch.score.size(0)
+    per_process = max(cfg.minibatch_size // accelerator.num_processes, 1)
+    for _ in range(cfg.ppo_epochs):
+        for rows in torch.randperm(n).split(per_process):
+            for k, v in minibatch_step(batch, rows, policy, value_model, optimizer, ptx_iter,
+                                       accelerator, cfg).items():
+                stats.setdefault(k, []).append(v)
+            scheduler.step()
+    return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter, accelerator,
+                   cfg: PPOConfig) -> dict[str, float]:
+    """One optimiser step: clipped policy + clipped value loss, then the ptx LM loss."""
+    ep, mask = batch.ep.select(rows), batch.ep.mask[rows]
+    logprobs, entropy = response_logprobs(policy, ep, cfg.temperature, with_entropy=True)
+    values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
+    pl = ppo_policy_loss(logprobs, batch.old_logprobs[rows], batch.advantages[rows], mask,
+                         cfg.clip_eps)
+    vl = value_loss(values, batch.old_values[rows], batch.returns[rows], mask,
+                    cfg.value_clip_eps)
+    # The policy's gradients are all-reduced once, in the ptx backward below.
+    with accelerator.no_sync(policy):
+        accelerator.backward(pl.loss + cfg.vf_coef * vl)
+    ptx = next(ptx_iter)
+    ptx = {k: v.to(accelerator.device) for k, v in ptx.items()}
+    lm = ptx_loss(policy(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]
+                         ).logits, ptx["labels"], cfg.ptx_coef)
+    accelerator.backward(lm)
+    accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    accelerator.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad()
+    return {"policy_loss": pl.loss.item(), "value_loss": vl.item(),
+            "ptx_loss": lm.item(), "clip_fraction": pl.clip_fraction.item(),
+            "approx_kl": pl.approx_kl.item(), "entropy": masked_mean(entropy, mask).item()}
+
+
+def rollout_stats(batch: Scored, accelerator: Accelerator) -> dict[str, float]:
+    """Reward, KL to the reference, response length and critic quality over all processes."""
+    mask = batch.ep.mask
+    kl = ((batch.old_logprobs - batch.ref_logprobs) * mask).sum(1)  # (B,) nats per response
+    per_seq = torch.stack([batch.score, kl, mask.sum(1).float(),
+                           batch.engine_gap.sum(1) / mask.sum(1)], dim=1)  # (B, 4)
+    score, kl, length, gap = accelerator.gather(per_seq).T
+    return {"reward_mean": score.mean().item(), "reward_std": score.std().item(),
+            "kl_to_ref": kl.mean().item(), "response_length": length.mean().item(),
+            "engine_logprob_gap": gap.mean().item(),
+            "explained_variance": explained_variance(batch.old_values, batch.returns,
+                                                     mask).item()}
+
+
+# -- held-out evaluation ---------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(engine: RolloutEngine, prompts: list[str], prompt_ids, policy, ref,
+             reward_model, tokenizer, cfg: PPOConfig, device) -> tuple[dict[str, float],
+                                                                       list[dict]]:
+    """Reward and KL of fresh samples on held-out prompts (fixed seeds), and the samples."""
+    samples = engine.generate(prompt_ids, max_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, seed=cfg.seed)
+    samples = [s if s.response_ids else Sample(s.prompt_ids, [0], [0.0], False)
+               for s in samples]
+    ep = pack_episodes(samples, tokenizer.pad_token_id).to(device)
+    score = reward_scores(reward_model, samples, tokenizer.eos_token_id,
+                          tokenizer.pad_token_id, device)
+    kl = ((response_logprobs(policy, ep, cfg.temperature)
+           - response_logprobs(ref, ep, cfg.temperature)) * ep.mask).sum(1)
+    rows = [{"prompt": p, "response": tokenizer.decode(s.response_ids, skip_special_tokens=True),
+             "reward": r} for p, s, r in zip(prompts, samples, score.tolist(), strict=True)]
+    return {"reward": score.mean().item(), "kl_to_ref": kl.mean().item(),
+            "response_length": ep.mask.sum(1).float().mean().item()}, rows
+
+
+# -- the recipe ------------------------------------------------------------------------------
+
+def resolve_reward(registry: Registry, version: str | None) -> str:
+    """The reward version to optimise against: ``version`` or the newest one."""
+    if version is None:
+        latest = registry.latest("reward")
+        if latest is None:
+            raise RegistryError(f"registry {registry.root} has no reward model; run "
+                                "`rlhf train reward` first")
+        return latest.version
+    if registry.get(version).kind != "reward":
+        raise RegistryError(f"{version} is not a reward model")
+    return version
+
+
+def make_engine(path: Path, cfg: PPOConfig, accelerator: Accelerator) -> RolloutEngine | None:
+    """The rollout engine, on the main process only (it broadcasts the samples)."""
+    if not accelerator.is_main_process:
+        return None
+    return RolloutEngine(path, max_model_len=cfg.max_len, seed=cfg.seed,
+                         max_num_seqs=max(cfg.batch_size, cfg.eval_max_prompts),
+                         kv_cache_bytes=cfg.kv_cache_mib << 20,
+                         gpu_memory_utilization=cfg.gpu_memory_utilization)
+
+
+def sync_engine(engine: RolloutEngine | None, policy, accelerator: Accelerator) -> float:
+    """Push the policy's current weights into the engine; seconds (0 off the main process)."""
+    state = accelerator.get_state_dict(policy)  # a collective under FSDP: every rank calls it
+    return engine.sync_weights(state.items()) if engine is not None else 0.0
+
+
+def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | None = None,
+          on_step: Callable[[dict[str, float]], None] | None = None) -> Manifest:
+    """PPO-ptx from the parent policy against a reward model; returns the candidate version."""
+    t0 = time.monotonic()
+    accelerator = make_accelerator(cfg)
+    device = accelerator.device
+    if cfg.batch_size % accelerator.num_processes:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide over "
+                         f"{accelerator.num_processes} processes")
+
+    # 1. Snapshot the store; parent policy, reward model, prompts of real traffic, ptx data.
+    snap = snapshot(store)
+    parent_path, parent = resolve_base(registry, cfg.base)
+    rm_version = resolve_reward(registry, cfg.reward_model)
+    tokenizer = AutoTokenizer.from_pretrained(parent_path)
+    prompts, prompt_source = load_prompts(store, cfg)
+    train_prompts, eval_prompts = split_by_prompt(prompts, lambda p: p, cfg.eval_fraction,
+                                                  cfg.seed)
+    eval_prompts = eval_prompts[:cfg.eval_max_prompts]
+    max_prompt_len = cfg.max_len - cfg.max_new_tokens
+    ptx_examples, ptx_source = load_ptx(store, snap.data_mark, tokenizer, cfg.max_len)
+    ptx_iter = ptx_batches(ptx_examples, max(cfg.ptx_batch_size // accelerator.num_processes, 1),
+                           tokenizer.pad_token_id, cfg.seed + accelerator.process_index)
+
+    # 2. Models: the policy (trained), the frozen reference (the parent), the frozen reward
+    #    model, and the value model initialised from it; one optimiser, constant LR.
+    policy = AutoModelForCausalLM.from_pretrained(parent_path, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(parent_path, dtype=torch.float32
+                                               ).to(device).eval().requires_grad_(False)
+    reward_model = RewardModel.from_pretrained(registry.path(rm_version)
+                                               ).to(device).eval().requires_grad_(False)
+    if reward_model.backbone.config.vocab_size != policy.config.vocab_size:
+        raise ValueError(f"{rm_version} and {parent} do not share a vocabulary")
+    value_model = ValueModel(RewardModel.from_pretrained(registry.path(rm_version)))
+    optimizer = torch.optim.AdamW([
+        {"params": policy.parameters(), "lr": cfg.lr},
+        {"params": value_model.parameters(), "lr": cfg.value_lr or cfg.lr}],
+        weight_decay=cfg.weight_decay)
+    scheduler = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    policy, value_model, optimizer, scheduler = accelerator.prepare(
+        policy, value_model, optimizer, scheduler)
+    ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay else None
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+              if cfg.kl_target else FixedKLController(cfg.kl_coef))
+
+    # 3. The rollout engine (vLLM, the server's engine class) on the parent's weights, and
+    #    the parent's held-out score to beat.
+    engine = make_engine(parent_path, cfg, accelerator)
+    staging = Path(tempfile.mkdtemp(prefix="rlhf-ppo-"))
+    metrics = MetricsLog(staging / "metrics.jsonl", enabled=False)
+    eval_ids = [encode_prompt(tokenizer, p, max_prompt_len) for p in eval_prompts]
+    samples_log: dict[str, list[dict]] = {}
+
+    def run_eval(step: int, name: str) -> None:
+        if engine is None or not eval_prompts:
+            return
+        result, rows = evaluate(engine, eval_prompts, eval_ids, accelerator.unwrap_model(policy),
+                                ref, reward_model, tokenizer, cfg, device)
+        metrics.log(step, "eval", **result)
+        samples_log[name] = rows
+
+    run_eval(0, "parent")
+
+    # 4. The PPO loop: sample, score, advantages, update, sync the engine, adapt β.
+    steps = math.ceil(cfg.episodes / cfg.batch_size)
+    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    rng = random.Random(cfg.seed)
+    bar = tqdm(total=steps, desc="ppo", disable=not (cfg.progress and accelerator.is_main_process))
+    t_train, sync_s = time.monotonic(), []
+    for step in range(1, steps + 1):
+        batch_prompts = [rng.choice(train_prompts) for _ in range(cfg.batch_size)]
+        prompt_ids = [encode_prompt(tokenizer, p, max_prompt_len) for p in batch_prompts]
+        # 4a. Generate the trajectories on vLLM.
+        samples, tokens_per_s = rollout(engine, accelerator, prompt_ids, cfg, step)
+        # 4b. Score them: reward at the last token − β per-token KL; GAE advantages.
+        policy.eval()
+        batch = score_episodes(samples, policy, ref, value_model, reward_model, kl_ctl.value,
+                               cfg, tokenizer, device)
+        policy.train()
+        # 4c. Clipped PPO + clipped value + ptx updates over minibatches.
+        losses = update(batch, policy, value_model, optimizer, scheduler, ptx_iter,
+                        accelerator, cfg)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(policy))
+        # 4d. Load the new weights into the running engine, in place.
+        sync_s.append(sync_engine(engine, policy, accelerator))
+        stats = rollout_stats(batch, accelerator)
+        record = {**stats, **losses, "kl_coef": kl_ctl.value, "rollout_tokens_per_s":
+                  tokens_per_s, "weight_sync_s": sync_s[-1]}
+        kl_ctl.update(stats["kl_to_ref"], cfg.batch_size)
+        metrics.log(step, "train", **record)
+        if on_step is not None and accelerator.is_main_process:
+            on_step(record)
+        bar.update()
+        bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl_to_ref']:.3f}")
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
+            run_eval(step, f"step_{step}")
+    bar.close()
+    train_s = time.monotonic() - t_train
+
+    # 5. The published weights: the EMA if configured; evaluate them on held-out prompts.
+    if ema is not None:
+        ema.copy_to(accelerator.unwrap_model(policy))
+        sync_engine(engine, policy, accelerator)
+    run_eval(steps, "candidate")
+    if engine is not None:
+        engine.shutdown()
+
+    # 6. Save the policy with its tokenizer, register it and announce the candidate.
+    accelerator.wait_for_everyone()
+    accelerator.unwrap_model(policy).save_pretrained(
+        staging, safe_serialization=True, is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save, state_dict=accelerator.get_state_dict(policy))
+    if not accelerator.is_main_process:
+        return shared_result(accelerator, registry, None, "policy", staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "eval_samples.json").write_text(json.dumps(samples_log, indent=1))
+    final = final_metrics(metrics, sync_s, steps=steps, reward_model=rm_version,
+                          prompt_source=prompt_source, ptx_source=ptx_source,
+                          train_prompts=len(train_prompts), eval_prompts=len(eval_prompts))
+    manifest = publish(
+        registry, "policy", staging, parent=parent, snap=snap,
+        config={"recipe": "ppo", **cfg.model_dump(mode="json"), "reward_model": rm_version},
+        metrics=final, timing={"train_s": train_s, "total_s": time.monotonic() - t0},
+        records=metrics.records,
+        plot_keys=["reward_mean", "kl_to_ref", "entropy", "value_loss", "clip_fraction",
+                   "weight_sync_s"], kafka=kafka)
+    return shared_result(accelerator, registry, manifest, "policy", staging)
+
+
+def final_metrics(metrics: MetricsLog, sync_s: list[float], **extra: Any) -> dict[str, Any]:
+    """The manifest's metrics: held-out reward and KL before and after, and run totals."""
+    evals = [r for r in metrics.records if r["split"] == "eval"]
+    last_train = metrics.last("train")
+    out: dict[str, Any] = {
+        "train_reward_mean": last_train.get("reward_mean"),
+        "train_kl_to_ref": last_train.get("kl_to_ref"),
+        "weight_sync_s_mean": sum(sync_s) / max(len(sync_s), 1),
+        "rollout_tokens_per_s": last_train.get("rollout_tokens_per_s"), **extra}
+    if evals:
+        out.update(eval_reward_parent=evals[0]["reward"], eval_reward=evals[-1]["reward"],
+                   kl_to_ref=evals[-1]["kl_to_ref"],
+                   eval_response_length=evals[-1]["response_length"])
+    return out
