@@ -86,6 +86,7 @@ def create_app(controller: DeployController, keyring: KeyRing,
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        controller.close()
 
     app = FastAPI(title="rlhf deploy controller", version="1", lifespan=lifespan)
     app.state.controller, app.state.keyring = controller, keyring

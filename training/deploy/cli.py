@@ -46,7 +46,7 @@ def _controller(settings: DeploySettings):
     return DeployController(settings, store=FeedbackStore(settings.database.url))
 
 
-def _run(coro_factory) -> None:
+def _run(controller, coro_factory) -> None:
     """Run one controller call; print its JSON, or the error and exit non-zero."""
     from training.deploy.errors import DeployError, GatesFailed
 
@@ -57,6 +57,8 @@ def _run(coro_factory) -> None:
         if isinstance(e, GatesFailed):
             typer.echo(e.report.model_dump_json(indent=2))
         raise typer.Exit(1 if isinstance(e, GatesFailed) else 2) from None
+    finally:
+        controller.close()
     typer.echo(result.model_dump_json(indent=2))
 
 
@@ -86,7 +88,7 @@ def gates(version: str = typer.Argument(..., help="Candidate policy version."),
           registry: Path | None = RegOpt, database_url: str | None = DbOpt) -> None:
     """Evaluate and record the gates of VERSION without promoting it."""
     controller = _controller(_settings(registry, database_url, None))
-    _run(lambda: controller.evaluate(version))
+    _run(controller, lambda: controller.evaluate(version))
 
 
 @deploy_app.command()
@@ -96,7 +98,7 @@ def promote(version: str = typer.Argument(..., help="Policy version to make live
             database_url: str | None = DbOpt, bootstrap_servers: str | None = KafkaOpt) -> None:
     """Run the gates (unless --force), make VERSION live and publish a promote event."""
     controller = _controller(_settings(registry, database_url, bootstrap_servers))
-    _run(lambda: controller.promote(version, force, reason))
+    _run(controller, lambda: controller.promote(version, force, reason))
 
 
 @deploy_app.command()
@@ -106,7 +108,7 @@ def rollback(version: str | None = typer.Argument(
              bootstrap_servers: str | None = KafkaOpt) -> None:
     """Make an earlier version live again and publish a rollback event."""
     controller = _controller(_settings(registry, None, bootstrap_servers))
-    _run(lambda: controller.rollback(version, reason))
+    _run(controller, lambda: controller.rollback(version, reason))
 
 
 @deploy_app.command("controller")

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from feedback.producer import BrokerUnavailable, FeedbackPublisher
+from feedback.producer import BrokerUnavailable
 from feedback.registry import LiveRecord, PolicyEvent, Registry, RegistryError
 from training.deploy.errors import (
     BrokerDown,
@@ -29,6 +29,7 @@ from training.deploy.errors import (
 )
 from training.deploy.gates import GateReport, evaluate_and_record
 from training.deploy.notices import PolicyNotice, ReplicaTable, ReplicaVersion
+from training.deploy.publish import PolicyPublisher
 from training.settings import DeploySettings
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,17 @@ class DeployController:
     """Promotion and rollback against one registry and one Kafka cluster."""
 
     def __init__(self, settings: DeploySettings, *, registry: Registry | None = None,
-                 store=None, publisher: FeedbackPublisher | None = None):
+                 store=None, publisher: PolicyPublisher | None = None):
         self.settings = settings
         self.registry = registry or Registry(settings.registry.root)
         self.store = store
-        self.publisher = publisher or FeedbackPublisher(settings.kafka)
+        self.publisher = publisher or PolicyPublisher(settings.kafka)
         self.replicas = ReplicaTable()
         self._lock = asyncio.Lock()
+
+    def close(self) -> None:
+        """Close the event producer (the lifespan's and each CLI command's last step)."""
+        self.publisher.close()
 
     # -- checks ------------------------------------------------------------------------
     def _policy(self, version: str) -> None:
@@ -166,7 +171,7 @@ class DeployController:
         record = self.registry.set_live(version, reason)
         event = PolicyEvent(type=kind, version=version, reason=reason)
         try:
-            await self.publisher.publish(self.settings.kafka.topics.policy, event)
+            await self.publisher.publish(event)
         except BrokerUnavailable as e:
             if record.previous is not None:
                 self.registry.set_live(record.previous, f"{kind} of {version} not announced")
