@@ -83,11 +83,13 @@ class LiveRecord(BaseModel):
 class PolicyEvent(EventBase):
     """An event on ``rlhf.policy``: a new candidate, a promotion, a rollback, a failed swap."""
 
-    type: Literal["candidate", "promote", "rollback", "swap_failed"] = Field(
-        description="What happened to the version.")
+    type: Literal["candidate", "promote", "rollback", "swapped", "swap_failed"] = Field(
+        description="What happened to the version. Servers report `swapped` / `swap_failed`.")
     version: str = Field(description="The registry version concerned.")
     kind: Kind = Field("policy", description="policy or reward.")
     reason: str = Field("", description="Free-text reason (gate result, error …).")
+    replica: str | None = Field(
+        None, description="The serving replica reporting a swap (its host name).")
 
 
 def sha256_file(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from feedback.auth import AuthError
+from serving.admin_api import router as admin_router
 from serving.errors import (
     EngineUnavailable,
     Forbidden,
@@ -38,7 +40,16 @@ def build_app(runtime: Runtime) -> FastAPI:
 
             grpc_server = GrpcServer(runtime, runtime.keyring)
             await grpc_server.start()
+        follower = None
+        if runtime.settings.publish_events and runtime.settings.follow_policy_events:
+            from serving.swap import PolicyFollower
+
+            follower = PolicyFollower(runtime, runtime.settings.kafka)
+            follow_task = asyncio.create_task(follower.run())
         yield
+        if follower is not None:
+            follower.stop()
+            follow_task.cancel()
         if grpc_server is not None:
             await grpc_server.stop()
         await runtime.stop()
@@ -49,6 +60,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.state.keyring = runtime.keyring
     app.include_router(openai_router)
     app.include_router(feedback_router)
+    app.include_router(admin_router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])

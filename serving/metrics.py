@@ -42,6 +42,9 @@ class ServingMetrics:
                                registry=r)
         self.policy = Gauge("rlhf:policy_info", "1 for the policy version being served.",
                             ["version"], registry=r)
+        self.swap_seconds = Histogram("rlhf:policy_swap_seconds",
+                                      "Time to swap the served policy, drain included.",
+                                      buckets=LATENCY_BUCKETS, registry=r)
         self.swaps = Counter("rlhf:policy_swaps", "Hot-swaps of the policy by outcome.",
                              ["outcome"], registry=r)
 

@@ -19,7 +19,17 @@ def resolve_model(settings: ServeSettings) -> tuple[str, str]:
     policy."""
     if settings.model:
         return settings.model, settings.policy_version or "base"
-    raise SystemExit("No model: pass --model PATH (or RLHF_MODEL), or register a live policy.")
+    from feedback.registry import Registry
+
+    registry = Registry(settings.registry.root)
+    live = registry.live_policy()
+    if live is None:
+        raise SystemExit(f"No model: pass --model PATH (or RLHF_MODEL), or make a policy live "
+                         f"in the registry at {settings.registry.root}.")
+    problems = registry.verify(live)
+    if problems:
+        raise SystemExit(f"The live policy {live} failed verification: {problems}")
+    return str(registry.path(live)), live
 
 
 def serve(settings: ServeSettings) -> None:

@@ -57,6 +57,8 @@ class ServeSettings(ProcessSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    follow_policy_events: bool = Field(
+        True, description="Hot-swap on promote/rollback events from the `rlhf.policy` topic.")
     publish_events: bool = Field(
         True, description="Publish completion events to Kafka (feedback needs a broker).")
     event_buffer_size: int = Field(

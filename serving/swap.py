@@ -1,0 +1,191 @@
+"""Hot-swapping the served policy in place, and following ``rlhf.policy`` to do it.
+
+A swap: verify the version's files → close the admission gate and let admitted requests
+finish → pause the engine (``mode="wait"``) → reload weights in place → reset the prefix
+cache → resume → publish the new version. If any step fails, the previous weights are
+reloaded, serving goes on, and the version stays not-live here. Every replica reads
+every event (no consumer group), so a promotion reaches the whole fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from feedback.registry import PolicyEvent, Registry, RegistryError
+from feedback.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from serving.runtime import Runtime
+
+log = logging.getLogger(__name__)
+REPLICA = socket.gethostname()
+
+
+class SwapFailed(Exception):
+    pass
+
+
+async def swap_policy(runtime: Runtime, version: str) -> None:
+    """Serve ``version`` from the registry; raises SwapFailed (old version kept)."""
+    engine, policy = runtime.engine, runtime.policy
+    if engine is None:
+        raise SwapFailed("the engine is still loading")
+    if version == policy.version:
+        return
+    registry = Registry(runtime.settings.registry.root)
+    try:
+        path, problems = registry.path(version), registry.verify(version)
+    except RegistryError as exc:
+        raise SwapFailed(str(exc)) from exc
+    if problems:
+        raise SwapFailed(f"{version} failed verification: {', '.join(problems)}")
+    previous = policy.path
+    mismatch = weight_mismatch(Path(previous), path)
+    if mismatch:
+        raise SwapFailed(f"{version} cannot be reloaded in place: {mismatch}")
+
+    async def reload() -> None:
+        await engine.pause()
+        try:
+            await engine.reload_weights(str(path))
+        except Exception as exc:
+            log.exception("Reloading %s failed; restoring %s", version, previous)
+            try:
+                await engine.reload_weights(previous)
+            except Exception as again:
+                # Weights in an unknown state: fail liveness so the pod restarts on the
+                # registry's live version.
+                runtime.load_error = again
+                raise SwapFailed(f"reloading {version} failed and so did restoring "
+                                 f"{policy.version}: {again}") from exc
+            raise SwapFailed(f"reloading {version} failed: {exc}") from exc
+        finally:
+            await engine.resume()
+
+    started = time.perf_counter()
+    try:
+        await policy.swap(version, str(path), reload)
+    except SwapFailed:
+        runtime.metrics.swaps.labels(outcome="failed").inc()
+        raise
+    runtime.metrics.swaps.labels(outcome="ok").inc()
+    runtime.metrics.swap_seconds.observe(time.perf_counter() - started)
+    runtime.metrics.set_policy(version)
+    log.info("Now serving %s (swap took %.2fs)", version, time.perf_counter() - started)
+
+
+def _tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of every tensor, read from safetensors headers (no weights)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+def weight_mismatch(current: Path, candidate: Path) -> str | None:
+    """Why ``candidate``'s weights cannot replace ``current``'s in place, or None.
+
+    In-place reload needs the same architecture; checking headers first keeps a wrong
+    checkpoint from ever reaching the engine.
+    """
+    old, new = _tensor_shapes(current), _tensor_shapes(candidate)
+    if not new:
+        return "no safetensors weights"
+    if old.keys() != new.keys():
+        return f"different tensors ({len(old.keys() ^ new.keys())} names differ)"
+    diff = [n for n in old if old[n] != new[n]]
+    if diff:
+        return f"{diff[0]} has shape {new[diff[0]]}, the served model {old[diff[0]]}"
+    return None
+
+
+async def report(runtime: Runtime, type_: str, version: str, reason: str = "") -> None:
+    """Tell the deploy controller what happened here (best effort)."""
+    if runtime.publisher is None:
+        return
+    try:
+        await runtime.publisher.publish(
+            runtime.settings.kafka.topics.policy,
+            PolicyEvent(type=type_, version=version, reason=reason, replica=REPLICA))
+    except Exception:
+        log.warning("Could not report %s of %s to %s", type_, version,
+                    runtime.settings.kafka.topics.policy, exc_info=True)
+
+
+async def apply(runtime: Runtime, version: str) -> None:
+    """Swap, then report ``swapped`` or ``swap_failed``."""
+    try:
+        await swap_policy(runtime, version)
+    except SwapFailed as exc:
+        log.error("Swap to %s failed: %s", version, exc)
+        await report(runtime, "swap_failed", version, str(exc))
+        raise
+    await report(runtime, "swapped", version)
+
+
+class PolicyFollower:
+    """Consumes ``rlhf.policy`` from its end and applies promote/rollback events."""
+
+    def __init__(self, runtime: Runtime, kafka: KafkaSettings):
+        self.runtime, self.kafka = runtime, kafka
+        self._stop = False
+
+    async def run(self) -> None:
+        consumer: Any = None
+        while not self._stop:
+            try:
+                if consumer is None:
+                    consumer = await asyncio.to_thread(self._subscribe)
+                batches = await asyncio.to_thread(consumer.poll, 500)
+            except Exception:
+                log.warning("Following %s failed; retrying", self.kafka.topics.policy,
+                            exc_info=True)
+                consumer = None
+                await asyncio.sleep(2)
+                continue
+            for records in batches.values():
+                for record in records:
+                    await self._handle(record.value)
+        if consumer is not None:
+            consumer.close()
+
+    def _subscribe(self):
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(**self.kafka.client_kwargs(), enable_auto_commit=False,
+                                 group_id=None)
+        topic = self.kafka.topics.policy
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not parts:
+            consumer.close()
+            raise RuntimeError(f"topic {topic} does not exist yet")
+        consumer.assign(parts)
+        consumer.seek_to_end(*parts)
+        return consumer
+
+    async def _handle(self, raw: bytes) -> None:
+        try:
+            event = PolicyEvent.model_validate_json(raw)
+        except ValueError:
+            log.warning("Ignoring an unreadable event on %s", self.kafka.topics.policy)
+            return
+        if event.kind != "policy" or event.type not in ("promote", "rollback"):
+            return
+        if self.runtime.engine is None:
+            await self.runtime.wait_loaded()
+        try:
+            await apply(self.runtime, event.version)
+        except SwapFailed:
+            pass  # reported; the previous version keeps serving
+
+    def stop(self) -> None:
+        self._stop = True

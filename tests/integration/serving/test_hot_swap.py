@@ -1,0 +1,141 @@
+"""Hot-swapping the served policy in place: under load, on Kafka events, with rollback."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from feedback.broker import EmbeddedBroker
+from feedback.events import encode_event
+from feedback.registry import PolicyEvent, Registry
+from feedback.settings import KafkaSettings
+from tests.fixtures.kafka import produce_raw, read_topic, wait_for
+from tests.fixtures.server import RemoteServer
+from training.tiny_model import build_tiny_model
+
+pytestmark = [pytest.mark.engine, pytest.mark.kafka]
+ADMIN = {"Authorization": "Bearer sk-admin"}
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_model, tmp_path_factory) -> Registry:
+    tmp = tmp_path_factory.mktemp("swap")
+    reg = Registry(tmp / "registry")
+    reg.register_base(tiny_model)  # policy-0000
+    reg.set_live("policy-0000", "base")
+    reg.create_version("policy", build_tiny_model(tmp / "seed1", seed=1), {})  # 0001
+    # Same tokenizer, different shapes: it must never reach the engine.
+    reg.create_version("policy", build_tiny_model(tmp / "wide", hidden_size=192, num_heads=3),
+                       {})  # 0002
+    tampered = reg.create_version("policy", build_tiny_model(tmp / "seed2", seed=2), {})  # 0003
+    (reg.path(tampered.version) / "model.safetensors").write_bytes(b"not the weights")
+    return reg
+
+
+@pytest.fixture(scope="module")
+def stack(registry, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("swap-stack")
+    broker = EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log")
+    broker.start()
+    # No --model: a (re)started server serves the registry's live policy.
+    server = RemoteServer(None, log_path=tmp / "server.log", env={
+        "RLHF_REGISTRY__ROOT": str(registry.root), "RLHF_PUBLISH_EVENTS": "true",
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "RLHF_AUTH__KEYS": json.dumps({"sk-admin": "admin", "sk-user": "user"})})
+    yield broker, server
+    server.stop()
+    broker.stop()
+
+
+def _greedy(server) -> tuple[str, str]:
+    r = httpx.post(server.url + "/v1/completions", headers={"Authorization": "Bearer sk-user"},
+                   json={"model": "tiny", "prompt": "Count: one, two", "max_tokens": 12,
+                         "temperature": 0, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"], r.json()["policy_version"]
+
+
+def _swap(server, version: str) -> httpx.Response:
+    return httpx.post(server.url + "/v1/admin/policy", headers=ADMIN,
+                      json={"version": version}, timeout=60)
+
+
+def _stream_one(server) -> str:
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 64, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": "Bearer sk-user"}) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    versions = {json.loads(ln[6:])["policy_version"] for ln in lines[:-1]}
+    assert len(versions) == 1  # one stream, one version
+    return versions.pop()
+
+
+def test_started_without_model_serves_the_live_version(stack):
+    _, server = stack
+    assert httpx.get(server.url + "/ready").json()["policy_version"] == "policy-0000"
+
+
+def test_swap_under_load_fails_no_request(stack):
+    _, server = stack
+    before, version = _greedy(server)
+    assert version == "policy-0000"
+    with ThreadPoolExecutor(8) as pool:
+        streams = [pool.submit(_stream_one, server) for _ in range(24)]
+        time.sleep(0.3)
+        swapped = _swap(server, "policy-0001")
+        served = [f.result() for f in streams]  # raises if any request failed
+    assert swapped.status_code == 200, swapped.text
+    assert set(served) <= {"policy-0000", "policy-0001"}
+    after, version = _greedy(server)
+    assert version == "policy-0001"
+    assert after != before  # other weights, other greedy text
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'rlhf:policy_info{version="policy-0001"} 1.0' in metrics
+    assert httpx.get(server.url + "/ready").json()["policy_version"] == "policy-0001"
+
+    assert _swap(server, "policy-0000").status_code == 200  # and back: the exact weights
+    assert _greedy(server) == (before, "policy-0000")
+
+
+@pytest.mark.parametrize("version,why", [
+    ("policy-0002", "cannot be reloaded in place"),  # wrong shapes: refused up front
+    ("policy-0003", "failed verification"),  # tampered files: refused up front
+    ("policy-0042", "unknown version"),
+])
+def test_failed_swap_keeps_serving_the_previous_version(stack, version, why):
+    _, server = stack
+    before = _greedy(server)
+    r = _swap(server, version)
+    assert r.status_code == 409
+    assert why in r.json()["error"]["message"]
+    assert r.json()["policy_version"] == before[1]
+    assert _greedy(server) == before
+    assert httpx.get(server.url + "/ready").status_code == 200
+
+
+def test_admin_routes_need_the_admin_role(stack):
+    _, server = stack
+    r = httpx.post(server.url + "/v1/admin/policy", json={"version": "policy-0001"},
+                   headers={"Authorization": "Bearer sk-user"})
+    assert r.status_code == 403
+
+
+def test_promote_event_on_kafka_swaps_and_is_reported(stack):
+    broker, server = stack
+    kafka = broker.kafka
+    start = _greedy(server)[1]
+    target = "policy-0001" if start != "policy-0001" else "policy-0000"
+    event = PolicyEvent(type="promote", version=target, reason="test")
+    produce_raw(kafka, kafka.topics.policy, [(None, encode_event(event))])
+    wait_for(lambda: httpx.get(server.url + "/ready").json()["policy_version"] == target,
+             60, what="swap on the promote event")
+    records = read_topic(kafka, kafka.topics.policy, expected=2)
+    reports = [PolicyEvent.model_validate_json(r.value) for r in records]
+    assert any(e.type == "swapped" and e.version == target and e.replica for e in reports)
