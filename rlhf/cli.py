@@ -20,11 +20,13 @@ def _mount() -> None:
     """Each process family owns its commands; this only puts them under ``rlhf``."""
     from feedback.cli import broker_app, ingest_app
     from training.cli import reward_app, train_app
+    from training.deploy.cli import deploy_app
 
     app.add_typer(broker_app, name="broker")
     app.add_typer(ingest_app, name="ingest")
     app.add_typer(train_app, name="train")
     app.add_typer(reward_app, name="reward")
+    app.add_typer(deploy_app, name="deploy")
 
 
 _mount()
@@ -63,6 +65,19 @@ def serve(
         policy_version=policy_version, http__host=host, http__port=port, grpc__port=grpc_port,
         engine__max_model_len=max_model_len, engine__tensor_parallel_size=tensor_parallel_size)
     run(settings)
+
+
+@app.command()
+def up(home: Path = typer.Option(None, help="State directory (default ./rlhf-home)."),
+       model: Path = typer.Option(None, help="Base checkpoint (default: build the tiny one)."),
+       port: int = typer.Option(None, help="HTTP port (default 8000)."),
+       train_every: float = typer.Option(None, help="Seconds between training cycles.")) -> None:
+    """Run the whole platform on this machine: broker, server, ingester, trainer, deploy."""
+    from rlhf.up import UpSettings, run
+
+    settings = _override(UpSettings(), home=home, model=model, http_port=port,
+                         train_every_s=train_every)
+    raise typer.Exit(run(settings))
 
 
 @model_app.command("tiny")
