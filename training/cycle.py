@@ -5,9 +5,10 @@ registry alone, so running it twice with no new data does nothing the second tim
 
 * The reward model is due when at least ``min_new_rankings`` rankings or comparisons
   arrived after the data mark of the newest reward version (or ever, without one).
-* PPO is due when the newest reward model has not yet been used to train the live policy:
-  neither the live policy itself nor an existing candidate trained from it (awaiting the
-  deploy gates) names that reward model.
+* PPO is due when the newest reward model has not yet been applied to the parent policy
+  (the live one; before any is live, the newest policy that is not a PPO candidate):
+  neither the parent itself nor an existing candidate trained from it (awaiting the
+  deploy gates) names that reward model. Both stages start from that parent.
 
 A file lock in the registry keeps two cycles from overlapping; the registry's atomic
 version directories mean a crash leaves no half version.
@@ -22,9 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feedback.registry import Manifest, Registry
+from feedback.registry import Manifest, Registry, RegistryError
 from feedback.settings import KafkaSettings
-from training.runs import resolve_base
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".train-cycle.lock"
@@ -68,14 +68,26 @@ def reward_due(store, registry: Registry, min_new_rankings: int) -> Due:
                       f"{min_new_rankings} needed")
 
 
+def cycle_parent(registry: Registry) -> str:
+    """The policy PPO starts from: the live one; before any is live, the newest policy that
+    is not itself a PPO candidate (candidates become parents only once promoted)."""
+    live = registry.live_policy()
+    if live is not None:
+        return live
+    policies = [m for m in registry.list("policy") if m.config.get("recipe") != "ppo"]
+    if not policies:
+        raise RegistryError(f"registry {registry.root} has no policy to start PPO from")
+    return policies[-1].version
+
+
 def ppo_due(registry: Registry) -> Due:
-    """PPO is due when the newest reward model has not been applied to the live policy."""
+    """PPO is due when the newest reward model has not been applied to the parent policy."""
     reward = registry.latest("reward")
     if reward is None:
         return Due(False, "ppo: no reward model in the registry yet")
-    _, parent = resolve_base(registry, None)
-    if parent is not None and registry.get(parent).config.get("reward_model") == reward.version:
-        return Due(False, f"ppo: live policy {parent} was trained against {reward.version}")
+    parent = cycle_parent(registry)
+    if registry.get(parent).config.get("reward_model") == reward.version:
+        return Due(False, f"ppo: policy {parent} was trained against {reward.version}")
     for m in registry.list("policy"):
         if m.parent == parent and m.config.get("reward_model") == reward.version:
             return Due(False, f"ppo: candidate {m.version} from {parent} against "
@@ -140,12 +152,15 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
 
     def train_reward() -> Manifest:
         cfg = load_config(reward.RewardConfig, config_path("reward.yaml"), "reward.yaml",
-                          overrides.get("reward"))
+                          {"base": cycle_parent(registry), **overrides.get("reward", {})})
         return reward.train(cfg, store=store, registry=registry, kafka=kafka)
 
     def train_ppo() -> Manifest:
-        cfg = load_config(ppo.PPOConfig, config_path("ppo.yaml"), "ppo.yaml",
-                          overrides.get("ppo"))
+        latest = registry.latest("reward")
+        assert latest is not None  # ppo_due checked it
+        cfg = load_config(ppo.PPOConfig, config_path("ppo.yaml"), "ppo.yaml", {
+            "base": cycle_parent(registry), "reward_model": latest.version,
+            **overrides.get("ppo", {})})
         return ppo.train(cfg, store=store, registry=registry, kafka=kafka, on_step=on_step)
 
     return run_cycle(store=store, registry=registry, min_new_rankings=min_new_rankings,

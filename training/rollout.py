@@ -154,14 +154,13 @@ class RolloutEngine:
         return time.perf_counter() - t0
 
     def shutdown(self) -> None:
+        """Stop the engine's tasks on our loop first (so its exit is not logged as a crash),
+        then the engine processes, then the loop."""
         llm, self._llm = self._llm, None
-        if llm is not None:
-            # Stop the output handler first, so the engine's exit is not logged as a death.
-            handler = getattr(llm, "output_handler", None)
-            if handler is not None:
-                self._loop.call_soon_threadsafe(handler.cancel)
-            llm.shutdown()
-        del llm
+        if llm is None:
+            return
+        self._run(_cancel_other_tasks())
+        llm.shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -170,6 +169,13 @@ class RolloutEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _kv_cache_bytes(requested: int) -> int | None:

@@ -1,0 +1,104 @@
+"""``rlhf train cycle`` on a real SQLite store and registry: nothing due, due, idempotent."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from training.cli import train_app
+from training.config import CONFIG_DIR
+from training.cycle import LOCK_FILE, cycle_lock, ppo_due, reward_due
+
+FAST = {"reward": {"lr": 1e-3, "max_len": 64, "max_steps": 4, "progress": False},
+        "ppo": {"max_steps": 2, "batch_size": 8, "minibatch_size": 8, "max_len": 96,
+                "max_new_tokens": 16, "eval_max_prompts": 8, "progress": False}}
+
+
+def run_cycle(tmp_path, registry, *extra: str, config_dir=None):
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    env = {"RLHF_CONFIG_DIR": str(config_dir)} if config_dir else {}
+    result = CliRunner().invoke(train_app, [
+        "cycle", "--database-url", db, "--registry", str(registry.root), "--no-announce",
+        *extra], env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def fast_configs(tmp_path):
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    for name, overrides in FAST.items():
+        cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+        (config_dir / f"{name}.yaml").write_text(yaml.safe_dump({**cfg, **overrides}))
+    return config_dir
+
+
+def test_nothing_due_on_an_empty_store_exits_zero_and_says_why(empty_store, registry,
+                                                               tmp_path):
+    out = run_cycle(tmp_path, registry)
+    assert out["versions"] == []
+    assert out["reasons"] == ["reward: only 0 new rankings/comparisons since data mark 0, "
+                              "50 needed", "ppo: no reward model in the registry yet"]
+    assert [v.version for v in registry.list()] == ["policy-0000"]
+
+
+def test_below_threshold_nothing_due(store, registry, tmp_path):
+    out = run_cycle(tmp_path, registry, "--min-new-rankings", "81")
+    assert out["versions"] == []
+    assert "only 80 new" in out["reasons"][0]
+
+
+def test_a_held_lock_means_the_cycle_does_nothing(store, registry, tmp_path):
+    with cycle_lock(registry) as acquired:
+        assert acquired
+        out = run_cycle(tmp_path, registry)
+    assert out == {"versions": [], "reasons": [
+        f"another cycle holds {registry.root / LOCK_FILE}"]}
+
+
+def test_ppo_due_follows_the_newest_reward_model_and_the_live_policy(registry, tmp_path):
+    src = tmp_path / "weights"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"x")
+    assert not ppo_due(registry).due
+    registry.create_version("reward", src, {"parent": "policy-0000", "data_mark": 10})
+    assert ppo_due(registry).reason == "ppo: train policy-0000 against reward-0001"
+    candidate = {"recipe": "ppo", "reward_model": "reward-0001"}
+    registry.create_version("policy", src, {"parent": "policy-0000", "config": candidate})
+    assert ppo_due(registry).reason == ("ppo: candidate policy-0001 from policy-0000 against "
+                                        "reward-0001 exists already")
+    registry.set_live("policy-0001", "promote")
+    assert ppo_due(registry).reason == "ppo: policy policy-0001 was trained against " \
+                                       "reward-0001"
+    registry.create_version("reward", src, {"parent": "policy-0001", "data_mark": 200})
+    assert ppo_due(registry).due
+
+
+def test_reward_due_counts_groups_after_the_reward_models_mark(store, registry, tmp_path):
+    assert reward_due(store, registry, 80).due  # 80 rankings, no reward model yet
+    src = tmp_path / "weights"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"x")
+    registry.create_version("reward", src, {"data_mark": store.high_water_mark()})
+    assert reward_due(store, registry, 1).reason.startswith("reward: only 0 new")
+
+
+@pytest.mark.engine
+def test_due_cycle_trains_reward_then_ppo_and_the_rerun_does_nothing(store, registry,
+                                                                      tmp_path):
+    config_dir = fast_configs(tmp_path)
+    out = run_cycle(tmp_path, registry, config_dir=config_dir)
+    assert out["versions"] == ["reward-0001", "policy-0001"]
+    rm, candidate = registry.get("reward-0001"), registry.get("policy-0001")
+    assert rm.data_mark == 104 and rm.config["max_steps"] == 4
+    assert candidate.parent == "policy-0000" and candidate.config["reward_model"] == "reward-0001"
+    assert candidate.config["max_steps"] == 2 and "kl_to_ref" in candidate.metrics
+    assert registry.live_policy() is None  # a candidate waits for the deploy gates
+
+    again = run_cycle(tmp_path, registry, config_dir=config_dir)
+    assert again["versions"] == []
+    assert [v.version for v in registry.list()] == ["policy-0000", "policy-0001", "reward-0001"]
+    assert not list((registry.root / ".tmp").iterdir())  # no half-written version left
+    shutil.rmtree(config_dir)
