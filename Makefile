@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOME_DIR ?= rlhf-home
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve up demo test test-unit lint protos bench clean
+.PHONY: install serve up demo test test-unit lint protos bench docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,19 @@ install: $(STAMP)
 $(HOME_DIR)/models/tiny/config.json: | $(STAMP)
 	$(BIN)/rlhf model tiny --out $(HOME_DIR)/models/tiny
 
-# Serve the tiny model on http://127.0.0.1:8000 (OpenAI API) and :50051 (gRPC).
+# The whole platform on this machine (broker, server, ingester, trainer, deploy).
+up: $(STAMP)
+	$(BIN)/rlhf up --home $(HOME_DIR)
+
+# Serve the tiny model alone on http://127.0.0.1:8000 (OpenAI API) and :50051 (gRPC).
 serve: $(STAMP) $(HOME_DIR)/models/tiny/config.json
 	RLHF_PUBLISH_EVENTS=$${RLHF_PUBLISH_EVENTS:-false} $(BIN)/rlhf serve --model $(HOME_DIR)/models/tiny --host 127.0.0.1
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.build
+
+docs: $(STAMP)
+	$(BIN)/python -m rlhf.settings_doc > docs/settings.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check serving feedback training rlhf tests benchmarks

@@ -39,7 +39,8 @@ class EngineSettings(BaseModel):
     enforce_eager: bool = Field(True, description="Skip CUDA graphs / torch.compile warm-up.")
     seed: int = Field(0, description="Engine seed (per-request seeds override it).")
     kv_cache_space_gib: float | None = Field(
-        None, gt=0, description="CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+        None, gt=0, description="KV cache size in GiB (default: 1 GiB on CPUs; on GPUs vLLM "
+                                "sizes it from gpu_memory_utilization).")
 
 
 class ServeSettings(ProcessSettings):
