@@ -246,8 +246,13 @@ def test_admin_api_auth_promote_rollback(home, kafka_broker):
         r = client.get("/v1/deploy/status", headers={"x-api-key": "sk-admin"})
         assert r.status_code == 200 and r.json()["live"] == LIVE
         assert r.json()["history"][-1]["reason"] == "rollback: complaints"
+        assert live_changes(policy_events(kafka, 2)) == [("promote", BETTER), ("rollback", LIVE)]
 
-    assert live_changes(policy_events(kafka, 2)) == [("promote", BETTER), ("rollback", LIVE)]
+        kafka_broker.stop()  # the event cannot be announced: the live pointer goes back
+        r = client.post("/v1/deploy/promote", json={"version": TERSE, "force": True},
+                        headers=admin)
+        assert r.status_code == 503 and "not announced" in r.json()["error"]["message"]
+        assert controller.registry.live_policy() == LIVE
 
 
 # -- the controller's event loop ------------------------------------------------------------
