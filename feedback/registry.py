@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -248,12 +249,15 @@ class Registry:
         if parse_version(version)[0] != "policy":
             raise RegistryError(f"only a policy can be live, got {version!r}")
         self.path(version)
-        record = LiveRecord(version=version, previous=self.live_policy(), reason=reason)
-        with open(self.root / HISTORY, "a") as f:
-            f.write(record.model_dump_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _write_atomic(self.root / LIVE, record.model_dump_json(indent=2))
+        # One writer at a time across processes (CLI promote vs. the controller).
+        with open(self.root / ".live.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = LiveRecord(version=version, previous=self.live_policy(), reason=reason)
+            with open(self.root / HISTORY, "a") as f:
+                f.write(record.model_dump_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _write_atomic(self.root / LIVE, record.model_dump_json(indent=2))
         return record
 
     def history(self) -> builtins.list[LiveRecord]:

@@ -182,8 +182,11 @@ class PolicyFollower:
             return
         if self.runtime.engine is None:
             await self.runtime.wait_loaded()
+        # The registry's live pointer is the truth: events may be replayed or reordered,
+        # so a promote/rollback only says "look again".
+        live = Registry(self.runtime.settings.registry.root).live_policy() or event.version
         try:
-            await apply(self.runtime, event.version)
+            await apply(self.runtime, live)
         except SwapFailed:
             pass  # reported; the previous version keeps serving
 

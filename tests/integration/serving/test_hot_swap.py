@@ -127,11 +127,12 @@ def test_admin_routes_need_the_admin_role(stack):
     assert r.status_code == 403
 
 
-def test_promote_event_on_kafka_swaps_and_is_reported(stack):
+def test_promote_event_on_kafka_swaps_and_is_reported(stack, registry):
     broker, server = stack
     kafka = broker.kafka
     start = _greedy(server)[1]
     target = "policy-0001" if start != "policy-0001" else "policy-0000"
+    registry.set_live(target, "test")  # what the deploy controller does before the event
     event = PolicyEvent(type="promote", version=target, reason="test")
     produce_raw(kafka, kafka.topics.policy, [(None, encode_event(event))])
     wait_for(lambda: httpx.get(server.url + "/ready").json()["policy_version"] == target,
