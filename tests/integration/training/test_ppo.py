@@ -6,21 +6,26 @@ marker word more often, which both the reward model and the hidden rule reward.
 """
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from feedback.registry import Registry
 from feedback.store import FeedbackStore
-from training.config import load_config
+from training.config import CONFIG_DIR, load_config
 from training.recipes import ppo, reward, sft
 from training.synthetic import hidden_score, synthetic_demonstrations, synthetic_rankings
 from training.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.engine
+REPO = Path(__file__).parents[3]
 
 STEP_METRICS = {"reward_mean", "reward_std", "kl_to_ref", "entropy", "clip_fraction",
                 "approx_kl", "value_loss", "explained_variance", "response_length",
@@ -97,4 +102,26 @@ def test_ppo_raises_reward_and_hidden_rule_within_kl(home):
     before = load_file(registry.path("policy-0001") / "model.safetensors")
     after = load_file(version / "model.safetensors")
     assert before.keys() == after.keys()
+    assert [k for k in before if torch.equal(before[k], after[k])] == []
+
+
+def test_two_cpu_processes_run_a_ppo_step(home):
+    """torchrun with 2 gloo processes: rank 0 samples on vLLM and broadcasts, both update."""
+    cfg = yaml.safe_load((CONFIG_DIR / "ppo.yaml").read_text())
+    cfg.update(max_steps=1, batch_size=8, minibatch_size=8, max_len=96, max_new_tokens=16,
+               eval_max_prompts=4, lr=1e-3, warmup_steps=0, progress=False)
+    (home / "ppo.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "training.cli", "ppo", "--config", str(home / "ppo.yaml"),
+           "--database-url", f"sqlite:///{home / 'feedback.db'}",
+           "--registry", str(home / "registry"), "--no-announce"]
+    env = {**os.environ, "RLHF_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [o["version"] for o in outputs] == ["policy-0002", "policy-0002"]  # both ranks
+    registry = Registry(home / "registry")
+    assert registry.get("policy-0002").metrics["steps"] == 1
+    before = load_file(registry.path("policy-0001") / "model.safetensors")
+    after = load_file(registry.path("policy-0002") / "model.safetensors")
     assert [k for k in before if torch.equal(before[k], after[k])] == []
