@@ -117,7 +117,7 @@ RLHF_KAFKA__SSL_CAFILE: {{ printf "/etc/rlhf/kafka-ca/%s" $k.external.caSecretKe
 {{/*
 env entries a process reads from Secrets: include "rlhf.env" (list . component).
 Kafka's SASL password (every process), the feedback store URL (ingester, training,
-deploy-controller) and the API keys (serving).
+deploy-controller) and the API keys (serving and deploy-controller, the same keys).
 */}}
 {{- define "rlhf.env" -}}
 {{- $ctx := index . 0 }}
@@ -139,8 +139,8 @@ deploy-controller) and the API keys (serving).
       name: {{ ternary $db.existingSecret (include "rlhf.secretName" $ctx) $external }}
       key: {{ ternary $db.existingSecretKey "database-url" $external }}
 {{- end }}
-{{- $auth := $ctx.Values.serving.auth }}
-{{- if and (eq $component "serving") (or $auth.keys $auth.existingSecret) }}
+{{- $auth := $ctx.Values.auth }}
+{{- if and (has $component (list "serving" "deploy-controller")) (or $auth.keys $auth.existingSecret) }}
 - name: RLHF_AUTH__KEYS
   valueFrom:
     secretKeyRef:
@@ -225,6 +225,7 @@ RLHF_SERVED_MODEL_NAME: {{ . | quote }}
 {{- with $s.policyVersion }}
 RLHF_POLICY_VERSION: {{ . | quote }}
 {{- end }}
+RLHF_FOLLOW_POLICY_EVENTS: {{ $s.followPolicyEvents | quote }}
 RLHF_PUBLISH_EVENTS: {{ $s.publishEvents | quote }}
 RLHF_EVENT_BUFFER_SIZE: {{ $s.eventBufferSize | int64 | quote }}
 RLHF_DEFAULT_MAX_TOKENS: {{ $s.defaultMaxTokens | int64 | quote }}
@@ -254,7 +255,32 @@ RLHF_CONFIG_DIR: "/etc/rlhf/recipes"
 
 {{/* DeploySettings (rlhf deploy controller) */}}
 {{- define "rlhf.settings.deploy-controller" -}}
+{{- $s := .Values.deployController -}}
+{{- $g := $s.gates -}}
 RLHF_DATABASE__ECHO: {{ .Values.database.echo | quote }}
 RLHF_REGISTRY__ROOT: {{ .Values.registry.mountPath | quote }}
-RLHF_AUTO_PROMOTE: {{ .Values.deployController.autoPromote | quote }}
+RLHF_AUTO_PROMOTE: {{ $s.autoPromote | quote }}
+RLHF_HOST: "0.0.0.0"
+RLHF_PORT: {{ $s.port | int64 | quote }}
+RLHF_GROUP_ID: {{ $s.groupId | quote }}
+RLHF_POLL_TIMEOUT_MS: {{ $s.pollTimeoutMs | int64 | quote }}
+RLHF_SESSION_TIMEOUT_MS: {{ $s.sessionTimeoutMs | int64 | quote }}
+RLHF_MAX_POLL_INTERVAL_MS: {{ $s.maxPollIntervalMs | int64 | quote }}
+RLHF_GATES__MIN_REWARD_IMPROVEMENT: {{ $g.minRewardImprovement | quote }}
+RLHF_GATES__MAX_KL: {{ $g.maxKl | quote }}
+RLHF_GATES__MAX_LENGTH_DRIFT: {{ $g.maxLengthDrift | quote }}
+RLHF_GATES__MIN_WIN_RATE: {{ $g.minWinRate | quote }}
+RLHF_GATES__NUM_PROMPTS: {{ $g.numPrompts | int64 | quote }}
+RLHF_GATES__MAX_NEW_TOKENS: {{ $g.maxNewTokens | int64 | quote }}
+RLHF_GATES__TEMPERATURE: {{ $g.temperature | quote }}
+RLHF_GATES__SEED: {{ $g.seed | int64 | quote }}
+RLHF_GATES__BATCH_SIZE: {{ $g.batchSize | int64 | quote }}
+RLHF_GATES__MAX_PROMPT_TOKENS: {{ $g.maxPromptTokens | int64 | quote }}
+{{- with $g.rewardModel }}
+RLHF_GATES__REWARD_MODEL: {{ . | quote }}
+{{- end }}
+{{- with $g.reference }}
+RLHF_GATES__REFERENCE: {{ . | quote }}
+{{- end }}
+RLHF_GATES__DEVICE: {{ ternary "cuda" "cpu" $s.gpu.enabled | quote }}
 {{- end }}

@@ -51,6 +51,15 @@ PROFILES: dict[str, dict[str, Any]] = {
             "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
             "recipes": {"ppo.yaml": "# rlhf train ppo --config ppo.yaml\nkl_coef: 0.02\n"},
         },
+        "deployController": {
+            "port": 8400,
+            "gpu": {"enabled": True},
+            "resources": {"requests": {"cpu": "2", "memory": "16Gi"},
+                          "limits": {"memory": "32Gi"}},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "gates": {"numPrompts": 64, "reference": "policy-0001"},
+        },
     },
     "multi-node-accelerate": {
         "training": {"distributed": {"launcher": "accelerate", "nodes": 4, "gpusPerNode": 4}},
@@ -67,7 +76,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "postgresql": {"enabled": False},
         "externalDatabase": {"url": "postgresql+psycopg2://rlhf:pw@db.example.com:5432/rlhf"},
-        "serving": {"auth": {"keys": {"sk-user-0001": "user", "sk-labeler-01": "labeler"}}},
+        "auth": {"keys": {"sk-user-0001": "user", "sk-labeler-01": "labeler",
+                          "sk-admin-0001": "admin"}},
+        "deployController": {"autoPromote": True, "groupId": "rlhf-deploy-prod",
+                             "gates": {"minWinRate": 0.55, "rewardModel": "reward-0007"}},
     },
     "existing-secrets": {
         "kafka": {
@@ -82,7 +94,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "postgresql": {"enabled": False},
         "externalDatabase": {"existingSecret": "feedback-db", "existingSecretKey": "url"},
         "registry": {"existingClaim": "models-rwx"},
-        "serving": {"auth": {"existingSecret": "api-keys", "existingSecretKey": "keys.json"}},
+        "auth": {"existingSecret": "api-keys", "existingSecretKey": "keys.json"},
+        "serving": {"followPolicyEvents": False},
         "training": {"enabled": False},
         "networkPolicy": {"enabled": False},
     },
@@ -111,6 +124,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "kubernetes.io/metadata.name": "ingress-nginx"}}}],
             "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": "monitoring"}}}],
+            "deployControllerFrom": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "ops"}}}],
         },
     },
 }

@@ -44,7 +44,8 @@ def test_default_renders_every_part(rendered: Rendered) -> None:
     kinds = {(o["kind"], o["metadata"]["labels"].get("app.kubernetes.io/component"))
              for o in rendered.objects}
     for part in [("Deployment", "serving"), ("Service", "serving"),
-                 ("Deployment", "ingester"), ("Deployment", "deploy-controller")]:
+                 ("Deployment", "ingester"), ("Deployment", "deploy-controller"),
+                 ("Service", "deploy-controller")]:
         assert part in kinds
     if rendered.values["training"]["enabled"]:
         assert ("CronJob", "training") in kinds

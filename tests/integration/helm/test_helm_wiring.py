@@ -144,10 +144,31 @@ def check_settings_match_objects(rendered: Rendered, component: str,
         gpus = container["resources"].get("limits", {}).get("nvidia.com/gpu")
         want = settings.engine.tensor_parallel_size if v["serving"]["gpu"]["enabled"] else None
         assert gpus == want
-        if v["serving"]["auth"]["keys"]:
-            assert settings.auth.keys == v["serving"]["auth"]["keys"]
+        assert settings.follow_policy_events == v["serving"]["followPolicyEvents"]
+    if component in ("serving", "deploy-controller") and v["auth"]["keys"]:
+        assert settings.auth.keys == v["auth"]["keys"]
     if component == "ingester":
         assert ports == {"metrics": settings.metrics_port}
+    if component == "deploy-controller":
+        check_deploy_controller_settings(v["deployController"], container, settings)
+
+
+def check_deploy_controller_settings(values: dict[str, Any], container: dict[str, Any],
+                                     settings: Any) -> None:
+    """Admin port, consumer group, gates and device are the values the chart was given."""
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": settings.port}
+    assert settings.host == "0.0.0.0"
+    assert settings.auto_promote == values["autoPromote"]
+    assert settings.group_id == values["groupId"]
+    gates = settings.gates
+    for key, value in values["gates"].items():
+        field = re.sub(r"([A-Z])", r"_\1", key).lower()
+        assert getattr(gates, field) == (None if value == "" else value), key
+    gpus = container["resources"].get("limits", {}).get(values["gpu"]["resourceName"])
+    assert (gates.device, gpus) == (("cuda", 1) if values["gpu"]["enabled"] else ("cpu", None))
+    registry = next(m for m in container["volumeMounts"]
+                    if m["mountPath"] == str(settings.registry.root))
+    assert not registry.get("readOnly"), "the controller writes the live pointer"
 
 
 # ------------------------------------------------------------------- objects ↔ objects
@@ -212,7 +233,7 @@ def test_references_resolve(rendered: Rendered) -> None:
     v = rendered.values
     existing = {v["registry"]["existingClaim"], v["externalDatabase"]["existingSecret"],
                 v["kafka"]["external"]["sasl"]["existingSecret"],
-                v["kafka"]["external"]["caSecret"], v["serving"]["auth"]["existingSecret"]} - {""}
+                v["kafka"]["external"]["caSecret"], v["auth"]["existingSecret"]} - {""}
     for workload, template in rendered.workloads():
         spec = template["spec"]
         volumes = {vol["name"]: vol for vol in spec.get("volumes", [])}
@@ -232,6 +253,19 @@ def test_references_resolve(rendered: Rendered) -> None:
                 ref = entry.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ref["name"] not in existing:
                     assert rendered.secret_value(ref["name"], ref["key"]) is not None, ref
+
+
+def test_serving_and_controller_read_the_same_api_keys(rendered: Rendered) -> None:
+    """One set of keys: an admin key that may swap a server's policy may also promote."""
+    refs = {}
+    for component in ("serving", "deploy-controller"):
+        container = rendered.one("Deployment", component)["spec"]["template"]["spec"][
+            "containers"][0]
+        refs[component] = next((e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+                                if e["name"] == "RLHF_AUTH__KEYS"), None)
+    auth = rendered.values["auth"]
+    assert (refs["serving"] is not None) == bool(auth["keys"] or auth["existingSecret"])
+    assert refs["deploy-controller"] == refs["serving"]
 
 
 # -------------------------------------------------------------------------- serving pod
@@ -276,6 +310,57 @@ def test_serving_gpu_placement(rendered: Rendered) -> None:
     assert pod.get("nodeSelector", {}) == v["nodeSelector"]
     shm = next(vol for vol in pod["volumes"] if vol["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
+
+
+# ------------------------------------------------------------------ deploy controller
+
+def _controller(rendered: Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod template, container) of the deploy controller."""
+    template = rendered.one("Deployment", "deploy-controller")["spec"]["template"]
+    return template, template["spec"]["containers"][0]
+
+
+def test_deploy_service_selects_the_controller_on_its_settings_port(rendered: Rendered) -> None:
+    template, container = _controller(rendered)
+    port = int(rendered.container_env(container)["RLHF_PORT"])
+    service = rendered.one("Service", "deploy-controller")
+    assert _selects(service["spec"]["selector"], template["metadata"]["labels"])
+    assert not [t for _, t in rendered.workloads() if t is not template
+                and _selects(service["spec"]["selector"], t["metadata"]["labels"])]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert [(p["port"], named[p["targetPort"]]) for p in service["spec"]["ports"]] == [
+        (port, port)]
+
+
+def test_deploy_controller_probes_hit_health_on_its_port(rendered: Rendered) -> None:
+    _, container = _controller(rendered)
+    port = int(rendered.container_env(container)["RLHF_PORT"])
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert (get["path"], named.get(get["port"], get["port"])) == ("/health", port), probe
+
+
+def test_deploy_controller_admits_admin_traffic_only_on_its_port(rendered: Rendered) -> None:
+    if not rendered.values["networkPolicy"]["enabled"]:
+        return
+    template, container = _controller(rendered)
+    policy = next(p for p in rendered.by_kind["NetworkPolicy"] if _selects(
+        p["spec"]["podSelector"]["matchLabels"], template["metadata"]["labels"]))
+    [rule] = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [container["ports"][0]["name"]]
+    assert rule.get("from", []) == rendered.values["networkPolicy"]["deployControllerFrom"]
+
+
+def test_deploy_controller_is_one_pod_with_the_store_and_kafka(rendered: Rendered) -> None:
+    deployment = rendered.one("Deployment", "deploy-controller")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    _, container = _controller(rendered)
+    env = rendered.container_env(container)
+    assert {"RLHF_DATABASE__URL", "RLHF_KAFKA__BOOTSTRAP_SERVERS", "RLHF_GROUP_ID"} <= set(env)
+    assert container["resources"]["limits"]["memory"] == rendered.values["deployController"][
+        "resources"]["limits"]["memory"]
 
 
 # ------------------------------------------------------------------------- training job
@@ -329,7 +414,7 @@ def test_credentials_live_in_secrets_only(rendered: Rendered) -> None:
     """Passwords, keys and database URLs never appear in a ConfigMap."""
     v = rendered.values
     secrets = [v["kafka"]["external"]["sasl"]["password"], v["externalDatabase"]["url"],
-               *v["serving"]["auth"]["keys"]]
+               *v["auth"]["keys"]]
     for cm in rendered.by_kind["ConfigMap"]:
         text = str(cm.get("data"))
         assert not [s for s in secrets if s and s in text], cm["metadata"]["name"]
