@@ -484,23 +484,28 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
     for step in range(1, steps + 1):
         batch_prompts = [rng.choice(train_prompts) for _ in range(cfg.batch_size)]
         prompt_ids = [encode_prompt(tokenizer, p, max_prompt_len) for p in batch_prompts]
+        clock = [time.perf_counter()]
         # 4a. Generate the trajectories on vLLM.
         samples, tokens_per_s = rollout(engine, accelerator, prompt_ids, cfg, step)
+        clock.append(time.perf_counter())
         # 4b. Score them: reward at the last token − β per-token KL; GAE advantages.
         policy.eval()
         batch = score_episodes(samples, policy, ref, value_model, reward_model, kl_ctl.value,
                                cfg, tokenizer, device)
         policy.train()
+        clock.append(time.perf_counter())
         # 4c. Clipped PPO + clipped value + ptx updates over minibatches.
         losses = update(batch, policy, value_model, optimizer, scheduler, ptx_iter,
                         accelerator, cfg)
         if ema is not None:
             ema.update(accelerator.unwrap_model(policy))
+        clock.append(time.perf_counter())
         # 4d. Load the new weights into the running engine, in place.
         sync_s.append(sync_engine(engine, policy, accelerator))
         stats = rollout_stats(batch, accelerator)
         record = {**stats, **losses, "kl_coef": kl_ctl.value, "rollout_tokens_per_s":
-                  tokens_per_s, "weight_sync_s": sync_s[-1]}
+                  tokens_per_s, "weight_sync_s": sync_s[-1], "rollout_s": clock[1] - clock[0],
+                  "score_s": clock[2] - clock[1], "update_s": clock[3] - clock[2]}
         kl_ctl.update(stats["kl_to_ref"], cfg.batch_size)
         metrics.log(step, "train", **record)
         if on_step is not None and accelerator.is_main_process:

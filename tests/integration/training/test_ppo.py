@@ -91,8 +91,8 @@ def test_ppo_raises_reward_and_hidden_rule_within_kl(home):
     assert train[0]["kl_to_ref"] == pytest.approx(0.0, abs=1e-4)  # first rollout: π = π_ref
 
     # held-out prompts: the candidate beats its parent under the reward model and under
-    # the hidden rule, and stays within a KL bound (measured: −2.6 → +2.5 reward,
-    # 0.35 → 1.2 markers per response, KL ≈ 5 nats)
+    # the hidden rule, and stays within a KL bound (measured: reward −2.6 → +4.9,
+    # 0.35 → 1.55 markers per response, KL 4.3 nats per response)
     assert m.metrics["eval_reward"] > m.metrics["eval_reward_parent"] + 1.0
     samples = json.loads((version / "eval_samples.json").read_text())
     assert mean_hidden_score(samples["candidate"]) > mean_hidden_score(samples["parent"]) + 0.2
