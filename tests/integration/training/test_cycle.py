@@ -7,6 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.fixtures.kafka import read_topic
 from training.cli import train_app
 from training.config import CONFIG_DIR
 from training.cycle import LOCK_FILE, cycle_lock, ppo_due, reward_due
@@ -16,11 +17,14 @@ FAST = {"reward": {"lr": 1e-3, "max_len": 64, "max_steps": 4, "progress": False}
                 "max_new_tokens": 16, "eval_max_prompts": 8, "progress": False}}
 
 
-def run_cycle(tmp_path, registry, *extra: str, config_dir=None):
+def run_cycle(tmp_path, registry, *extra: str, config_dir=None, kafka=None):
     db = f"sqlite:///{tmp_path / 'feedback.db'}"
     env = {"RLHF_CONFIG_DIR": str(config_dir)} if config_dir else {}
+    if kafka is not None:
+        env["RLHF_KAFKA__BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
+    announce = "--announce" if kafka is not None else "--no-announce"
     result = CliRunner().invoke(train_app, [
-        "cycle", "--database-url", db, "--registry", str(registry.root), "--no-announce",
+        "cycle", "--database-url", db, "--registry", str(registry.root), announce,
         *extra], env=env)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -86,19 +90,25 @@ def test_reward_due_counts_groups_after_the_reward_models_mark(store, registry, 
 
 
 @pytest.mark.engine
+@pytest.mark.kafka
 def test_due_cycle_trains_reward_then_ppo_and_the_rerun_does_nothing(store, registry,
-                                                                      tmp_path):
+                                                                      tmp_path, kafka_broker):
     config_dir = fast_configs(tmp_path)
-    out = run_cycle(tmp_path, registry, config_dir=config_dir)
+    kafka = kafka_broker.kafka
+    out = run_cycle(tmp_path, registry, config_dir=config_dir, kafka=kafka)
     assert out["versions"] == ["reward-0001", "policy-0001"]
+    events = [json.loads(r.value) for r in read_topic(kafka, kafka.topics.policy, expected=2)]
+    assert [(e["type"], e["kind"], e["version"]) for e in events] == [
+        ("candidate", "reward", "reward-0001"), ("candidate", "policy", "policy-0001")]
     rm, candidate = registry.get("reward-0001"), registry.get("policy-0001")
     assert rm.data_mark == 104 and rm.config["max_steps"] == 4
     assert candidate.parent == "policy-0000" and candidate.config["reward_model"] == "reward-0001"
     assert candidate.config["max_steps"] == 2 and "kl_to_ref" in candidate.metrics
     assert registry.live_policy() is None  # a candidate waits for the deploy gates
 
-    again = run_cycle(tmp_path, registry, config_dir=config_dir)
+    again = run_cycle(tmp_path, registry, config_dir=config_dir, kafka=kafka)
     assert again["versions"] == []
+    assert len(read_topic(kafka, kafka.topics.policy, expected=3, timeout=3)) == 2
     assert [v.version for v in registry.list()] == ["policy-0000", "policy-0001", "reward-0001"]
     assert not list((registry.root / ".tmp").iterdir())  # no half-written version left
     shutil.rmtree(config_dir)
