@@ -68,11 +68,7 @@ async def swap_policy(runtime: Runtime, version: str) -> None:
             await engine.resume()
 
     started = time.perf_counter()
-    try:
-        await policy.swap(version, str(path), reload)
-    except SwapFailed:
-        runtime.metrics.swaps.labels(outcome="failed").inc()
-        raise
+    await policy.swap(version, str(path), reload)
     runtime.metrics.swaps.labels(outcome="ok").inc()
     runtime.metrics.swap_seconds.observe(time.perf_counter() - started)
     runtime.metrics.set_policy(version)
@@ -97,7 +93,11 @@ def weight_mismatch(current: Path, candidate: Path) -> str | None:
     In-place reload needs the same architecture; checking headers first keeps a wrong
     checkpoint from ever reaching the engine.
     """
-    old, new = _tensor_shapes(current), _tensor_shapes(candidate)
+    old = _tensor_shapes(current)
+    try:
+        new = _tensor_shapes(candidate)
+    except Exception as exc:  # truncated or not safetensors at all
+        return f"unreadable weights ({exc})"
     if not new:
         return "no safetensors weights"
     if old.keys() != new.keys():
@@ -126,6 +126,7 @@ async def apply(runtime: Runtime, version: str) -> None:
     try:
         await swap_policy(runtime, version)
     except SwapFailed as exc:
+        runtime.metrics.swaps.labels(outcome="failed").inc()
         log.error("Swap to %s failed: %s", version, exc)
         await report(runtime, "swap_failed", version, str(exc))
         raise

@@ -6,6 +6,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import pytest
 
@@ -13,6 +14,8 @@ from feedback.broker import EmbeddedBroker
 from feedback.events import encode_event
 from feedback.registry import PolicyEvent, Registry
 from feedback.settings import KafkaSettings
+from protos.rlhf.v1 import inference_pb2 as pb
+from protos.rlhf.v1 import inference_pb2_grpc
 from tests.fixtures.kafka import produce_raw, read_topic, wait_for
 from tests.fixtures.server import RemoteServer
 from training.tiny_model import build_tiny_model
@@ -33,6 +36,10 @@ def registry(tiny_model, tmp_path_factory) -> Registry:
                        {})  # 0002
     tampered = reg.create_version("policy", build_tiny_model(tmp / "seed2", seed=2), {})  # 0003
     (reg.path(tampered.version) / "model.safetensors").write_bytes(b"not the weights")
+    truncated = build_tiny_model(tmp / "seed3", seed=3)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    reg.create_version("policy", truncated, {})  # 0004: consistent hashes, broken file
     return reg
 
 
@@ -77,6 +84,41 @@ def _stream_one(server) -> str:
     return versions.pop()
 
 
+def _grpc_stream_one(server) -> str:
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        msgs = list(stub.GenerateStream(
+            pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParameters(
+                max_tokens=64, ignore_eos=True)),
+            metadata=(("authorization", "Bearer sk-user"),), timeout=60))
+    versions = {m.policy_version for m in msgs}
+    assert len(versions) == 1 and msgs[-1].usage.completion_tokens == 64
+    return versions.pop()
+
+
+PROBE = "Count: one, two"
+
+
+def _http_probe(server) -> tuple[str, float]:
+    """(version, top-1 log-probability of the first token): a fingerprint of the weights
+    that batching noise cannot flip, unlike a greedy token."""
+    r = httpx.post(server.url + "/v1/completions", headers={"Authorization": "Bearer sk-user"},
+                   json={"model": "tiny", "prompt": PROBE, "max_tokens": 1, "temperature": 0,
+                         "logprobs": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["policy_version"], max(body["choices"][0]["logprobs"]["top_logprobs"][0].values())
+
+
+def _grpc_probe(server) -> tuple[str, float]:
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        resp = inference_pb2_grpc.InferenceStub(ch).Generate(
+            pb.GenerateRequest(prompt=PROBE, sampling=pb.SamplingParameters(
+                max_tokens=1, temperature=0, logprobs=1)),
+            metadata=(("authorization", "Bearer sk-user"),), timeout=60)
+    return resp.policy_version, max(t.logprob for t in resp.choices[0].logprobs[0].top)
+
+
 def test_started_without_model_serves_the_live_version(stack):
     _, server = stack
     assert httpx.get(server.url + "/ready").json()["policy_version"] == "policy-0000"
@@ -86,16 +128,24 @@ def test_swap_under_load_fails_no_request(stack):
     _, server = stack
     before, version = _greedy(server)
     assert version == "policy-0000"
+    reference = {"policy-0000": _http_probe(server)[1]}
     with ThreadPoolExecutor(8) as pool:
-        streams = [pool.submit(_stream_one, server) for _ in range(24)]
+        streams = [pool.submit(f, server) for _ in range(8)
+                   for f in (_stream_one, _grpc_stream_one)]
+        probes = [pool.submit(f, server) for _ in range(8) for f in (_http_probe, _grpc_probe)]
         time.sleep(0.3)
         swapped = _swap(server, "policy-0001")
         served = [f.result() for f in streams]  # raises if any request failed
+        probed = [f.result() for f in probes]
     assert swapped.status_code == 200, swapped.text
     assert set(served) <= {"policy-0000", "policy-0001"}
     after, version = _greedy(server)
     assert version == "policy-0001"
     assert after != before  # other weights, other greedy text
+    reference["policy-0001"] = _http_probe(server)[1]
+    assert abs(reference["policy-0001"] - reference["policy-0000"]) > 1e-2
+    for stamped, logprob in probed:  # each answer came from the weights it names
+        assert logprob == pytest.approx(reference[stamped], abs=1e-3), stamped
     metrics = httpx.get(server.url + "/metrics").text
     assert 'rlhf:policy_info{version="policy-0001"} 1.0' in metrics
     assert httpx.get(server.url + "/ready").json()["policy_version"] == "policy-0001"
@@ -107,17 +157,27 @@ def test_swap_under_load_fails_no_request(stack):
 @pytest.mark.parametrize("version,why", [
     ("policy-0002", "cannot be reloaded in place"),  # wrong shapes: refused up front
     ("policy-0003", "failed verification"),  # tampered files: refused up front
+    ("policy-0004", "cannot be reloaded in place"),  # truncated safetensors
     ("policy-0042", "unknown version"),
 ])
 def test_failed_swap_keeps_serving_the_previous_version(stack, version, why):
     _, server = stack
     before = _greedy(server)
+    failed = _failed_swaps(server)
     r = _swap(server, version)
     assert r.status_code == 409
     assert why in r.json()["error"]["message"]
     assert r.json()["policy_version"] == before[1]
     assert _greedy(server) == before
     assert httpx.get(server.url + "/ready").status_code == 200
+    assert _failed_swaps(server) == failed + 1
+
+
+def _failed_swaps(server) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    line = [ln for ln in text.splitlines()
+            if ln.startswith('rlhf:policy_swaps_total{outcome="failed"}')]
+    return float(line[0].rsplit(" ", 1)[1]) if line else 0.0
 
 
 def test_admin_routes_need_the_admin_role(stack):
