@@ -41,4 +41,10 @@ def serve(settings: ServeSettings) -> None:
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                             log_level=settings.log_level, timeout_graceful_shutdown=30,
                             access_log=False)
-    asyncio.run(uvicorn.Server(config).serve())
+    server = uvicorn.Server(config)
+    try:  # vLLM's own server runs on uvloop too; gRPC aio supports it
+        import uvloop
+
+        uvloop.run(server.serve())
+    except ImportError:
+        asyncio.run(server.serve())
