@@ -41,10 +41,8 @@ def serve(settings: ServeSettings) -> None:
     config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                             log_level=settings.log_level, timeout_graceful_shutdown=30,
                             access_log=False)
-    server = uvicorn.Server(config)
     try:  # vLLM's own server runs on uvloop too; gRPC aio supports it
-        import uvloop
-
-        uvloop.run(server.serve())
+        from uvloop import run as run_loop
     except ImportError:
-        asyncio.run(server.serve())
+        run_loop = asyncio.run
+    run_loop(uvicorn.Server(config).serve())
