@@ -44,5 +44,5 @@ def serve(settings: ServeSettings) -> None:
     try:  # vLLM's own server runs on uvloop too; gRPC aio supports it
         from uvloop import run as run_loop
     except ImportError:
-        run_loop = asyncio.run
+        run_loop = asyncio.run  # type: ignore[assignment]
     run_loop(uvicorn.Server(config).serve())
