@@ -80,6 +80,32 @@ def up(home: Path = typer.Option(None, help="State directory (default ./rlhf-hom
     raise typer.Exit(run(settings))
 
 
+@app.command()
+def demo(home: Path = typer.Option(Path("rlhf-demo"), help="State directory; a fresh one "
+                                   "unless --url names a running `rlhf up` (then its home)."),
+         budget_minutes: float = typer.Option(12.0, help="How long labelers keep ranking."),
+         url: str = typer.Option(None, help="HTTP URL of a running `rlhf up` "
+                                 "(default: start one and stop it at the end)."),
+         deploy_url: str = typer.Option("http://127.0.0.1:8300",
+                                        help="Its deploy admin API (with --url)."),
+         out: Path = typer.Option(None, help="Where demo.png and demo.json go "
+                                  "(default <home>/demo)."),
+         stop_after_promotions: int = typer.Option(
+             0, help="Stop early after this many gated promotions (0: use the budget)."),
+         config_dir: Path = typer.Option(None, help="Recipe YAMLs (sft, reward, ppo) of the "
+                                         "platform it starts (default training/configs/demo)."),
+         min_new_rankings: int = typer.Option(48, help="Rankings that make a reward model "
+                                              "due (for the platform it starts).")
+         ) -> None:
+    """Simulated labelers rank the live policy's samples; show that it improves."""
+    from rlhf.demo import DEMO_CONFIGS, DemoOptions, run
+
+    raise typer.Exit(run(DemoOptions(
+        home=home, budget_minutes=budget_minutes, url=url, deploy_url=deploy_url, out=out,
+        stop_after_promotions=stop_after_promotions, config_dir=config_dir or DEMO_CONFIGS,
+        min_new_rankings=min_new_rankings)))
+
+
 @model_app.command("tiny")
 def model_tiny(out: Path = typer.Option(..., help="Directory to write the checkpoint to."),
                seed: int = typer.Option(0, help="Weights seed.")) -> None:

@@ -1,0 +1,332 @@
+"""``rlhf demo``: simulated labelers drive the whole loop, and the demo measures the result.
+
+1. Start ``rlhf up`` in a fresh home (or use a running one: ``--url`` + ``--home``), with
+   the demo's recipe configs (``training/configs/demo/``, via ``RLHF_CONFIG_DIR``).
+2. Labelers submit demonstrations (prompt + ideal answer) through the feedback API, and
+   the demo runs ``rlhf train sft`` once on them: InstructGPT's step 1, which ``rlhf
+   train cycle`` does not run. There is no reward model yet to gate it, so the bootstrap
+   is an operator's forced promotion through the deploy admin API.
+3. Until the budget is spent, labelers send training prompts through the chat API, ask
+   for K samples, rank them by the hidden rule and submit the rankings. ``rlhf up``'s
+   periodic ``rlhf train cycle`` trains reward models and PPO candidates; its deploy
+   controller gates them and promotes those that pass.
+4. Every version is measured on held-out prompts (``rlhf.demo_report``); a table, a PNG
+   and a JSON summary show the result. Exit 1 unless the live policy beats the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from rlhf import demo_report as report
+from rlhf.demo_tasks import instruction_set, rank
+
+DEMO_CONFIGS = Path(__file__).parents[1] / "training" / "configs" / "demo"
+MARKER = ".rlhf-demo"
+"""A home directory holding this file was made by the demo and may be wiped by it."""
+
+
+@dataclass
+class DemoOptions:
+    """What ``rlhf demo`` was asked to do (the CLI's options)."""
+
+    home: Path = Path("rlhf-demo")
+    budget_minutes: float = 12.0
+    url: str | None = None  # a running `rlhf up`; None = start one
+    deploy_url: str = "http://127.0.0.1:8300"
+    out: Path | None = None  # PNG + JSON directory; None = <home>/demo
+    config_dir: Path = DEMO_CONFIGS  # sft.yaml, reward.yaml, ppo.yaml
+    k: int = 4  # samples ranked per prompt
+    max_tokens: int = 24
+    prompts_per_round: int = 16
+    round_pause_s: float = 3.0
+    batch_rankings: int = 64  # ranked prompts per new policy version
+    idle_batch_s: float = 300.0  # another batch when no new policy came for this long
+    demonstrations: int = 128
+    eval_samples: int = 2  # seeded answers per held-out prompt
+    min_new_rankings: int = 48
+    train_every_s: float = 10.0
+    stop_after_promotions: int = 0  # stop early after this many gated promotions; 0 = never
+    gate_env: dict[str, str] = field(default_factory=lambda: {
+        "RLHF_GATES__NUM_PROMPTS": "16", "RLHF_GATES__MAX_NEW_TOKENS": "24",
+        "RLHF_GATES__BATCH_SIZE": "16"})
+
+
+# -- the platform ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Platform:
+    """A ``rlhf up`` child process with free ports, or the URLs of a running one."""
+
+    def __init__(self, opts: DemoOptions):
+        self.opts, self.home = opts, opts.home.resolve()
+        self.proc: subprocess.Popen | None = None
+        self.url, self.deploy_url = opts.url, opts.deploy_url
+
+    def start(self) -> None:
+        """Start ``rlhf up`` (fresh home) unless ``--url`` names a running one."""
+        if self.url:
+            return
+        if self.home.exists() and (self.home / MARKER).exists():
+            shutil.rmtree(self.home)
+        elif self.home.exists() and any(self.home.iterdir()):
+            raise SystemExit(f"{self.home} exists and was not made by `rlhf demo`; "
+                             "pass another --home, or --url to use a running `rlhf up`")
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / MARKER).touch()
+        ports = {name: free_port() for name in ("HTTP_PORT", "GRPC_PORT", "BROKER_PORT",
+                                                "DEPLOY_PORT", "INGEST_METRICS_PORT")}
+        env = {**os.environ, **{f"RLHF_{k}": str(v) for k, v in ports.items()},
+               **self.opts.gate_env, "RLHF_HOME": str(self.home),
+               "RLHF_CONFIG_DIR": str(self.opts.config_dir.resolve()),
+               "RLHF_MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),
+               "RLHF_TRAIN_EVERY_S": str(self.opts.train_every_s)}
+        self.url = f"http://127.0.0.1:{ports['HTTP_PORT']}"
+        self.deploy_url = f"http://127.0.0.1:{ports['DEPLOY_PORT']}"
+        log = open(self.home / "up.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf", "up"], env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        print(f"rlhf up: starting in {self.home} (log: {self.home / 'up.log'})", flush=True)
+
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Until the server answers /ready (the engine loads in about 30 s on a CPU)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SystemExit(f"rlhf up exited with {self.proc.returncode}; "
+                                 f"see {self.home / 'up.log'}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        raise SystemExit(f"the server at {self.url} was not ready after {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """SIGTERM ``rlhf up``, which stops its children; SIGKILL the group if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def keys(self) -> dict[str, str]:
+        """role → API key, from the home's keys.json."""
+        return {role: key for key, role in
+                json.loads((self.home / "keys.json").read_text()).items()}
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.home / 'feedback.db'}"
+
+
+# -- the simulated labelers ------------------------------------------------------------------
+
+class Labelers:
+    """Labelers that use only the public API: ask for K samples, rank, demonstrate."""
+
+    def __init__(self, url: str, key: str, opts: DemoOptions):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                                 timeout=120)
+        self.opts = opts
+        self.pool = ThreadPoolExecutor(8)
+
+    def ask(self, prompt: str) -> tuple[str, list[str]]:
+        """K samples of one chat prompt; (request id, texts)."""
+        r = self.http.post("/v1/chat/completions", json={
+            "model": "policy", "messages": [{"role": "user", "content": prompt}],
+            "n": self.opts.k, "max_tokens": self.opts.max_tokens, "temperature": 1.0})
+        r.raise_for_status()
+        body = r.json()
+        return body["id"], [c["message"]["content"] or "" for c in body["choices"]]
+
+    def submit(self, items: list[dict]) -> None:
+        for start in range(0, len(items), 1000):
+            self.http.post("/v1/feedback/batch",
+                           json={"items": items[start:start + 1000]}).raise_for_status()
+
+    def rank_round(self, prompts: list[str]) -> int:
+        """Ask for K samples of each prompt, rank them by the hidden rule, submit."""
+        answered = list(self.pool.map(self.ask, prompts))
+        self.submit([{"type": "ranking", "request_id": rid, "choices": list(range(len(texts))),
+                      "ranks": rank(texts), "source": "labeler"} for rid, texts in answered])
+        return len(answered)
+
+    def demonstrate(self, prompts: list[str], seed: int = 0) -> int:
+        """One ideal answer per prompt (prompts may repeat; answers vary)."""
+        import random
+
+        from rlhf.demo_tasks import ideal_response
+
+        rng = random.Random(seed)
+        self.submit([{"type": "demonstration", "prompt": p, "response": ideal_response(p, rng),
+                      "source": "labeler"} for p in prompts])
+        return len(prompts)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def wait_for_rows(database_url: str, kind: str, n: int, timeout_s: float = 300.0) -> None:
+    """Until the ingester has stored ``n`` rows of ``kind``."""
+    from feedback.store import FeedbackStore
+
+    store, deadline = FeedbackStore(database_url), time.monotonic() + timeout_s
+    try:
+        while store.counts().get(kind, 0) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {store.counts().get(kind, 0)} of {n} {kind} rows "
+                                 f"were ingested after {timeout_s:.0f} s")
+            time.sleep(1)
+    finally:
+        store.close()
+
+
+def bootstrap_sft(platform: Platform, registry, admin_key: str) -> str | None:
+    """InstructGPT step 1 once per home: ``rlhf train sft``, then a forced promotion."""
+    if any(m.config.get("recipe") == "sft" for m in registry.list("policy")):
+        return None
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf", "train", "sft", "--config",
+         str(platform.opts.config_dir / "sft.yaml"),
+         "--database-url", platform.database_url, "--registry", str(platform.home / "registry"),
+         "--no-announce"], capture_output=True, text=True, check=True)
+    version = json.loads(out.stdout.strip().splitlines()[-1])["version"]
+    r = httpx.post(f"{platform.deploy_url}/v1/deploy/promote", timeout=120,
+                   headers={"Authorization": f"Bearer {admin_key}"},
+                   json={"version": version, "force": True,
+                         "reason": "bootstrap: SFT on demonstrations (InstructGPT step 1)"})
+    r.raise_for_status()
+    return version
+
+
+def gated_promotions(registry) -> int:
+    """Promotions that passed the gates (the bootstrap was forced)."""
+    return sum(1 for m in registry.list("policy")
+               if m.gates.get("status") == "passed" and m.version in
+               {r.version for r in registry.history()})
+
+
+def registry_state(registry) -> str:
+    """One line on what the platform has made so far (printed whenever it changes)."""
+    live = registry.live_policy()
+    policies, rewards = registry.list("policy"), registry.list("reward")
+    rm = rewards[-1] if rewards else None
+    acc = rm.metrics.get("eval_accuracy") if rm else None
+    return (f"live {live} | {len(policies)} policies, {len(rewards)} reward models"
+            + (f" (newest {rm.version}, held-out accuracy {acc:.0%})" if acc is not None
+               else ""))
+
+
+def run(opts: DemoOptions) -> int:
+    """The whole demo; returns the exit code (0 = the live policy beats the first)."""
+    from feedback.registry import Registry
+
+    started, t0 = datetime.now(UTC), time.monotonic()
+    deadline = t0 + opts.budget_minutes * 60
+    tasks = instruction_set()
+    platform = Platform(opts)
+    out = (opts.out or platform.home / "demo").resolve()
+    measured: dict[str, report.Measurement] = {}
+    try:
+        platform.start()
+        platform.wait_ready()
+        keys = platform.keys()
+        registry = Registry(platform.home / "registry")
+        first = registry.history()[0].version
+        print(f"[{(time.monotonic() - t0) / 60:4.1f} min] server ready at {platform.url}; "
+              f"{len(tasks.train)} train prompts, {len(tasks.held_out)} held out", flush=True)
+        labelers = Labelers(platform.url, keys["labeler"], opts)
+        measure = _measurer(registry, tasks.held_out, opts, measured)
+        measure(first)
+
+        # Step 1: demonstrations → SFT, the bootstrap policy.
+        n = labelers.demonstrate((tasks.train * opts.demonstrations)[:opts.demonstrations])
+        wait_for_rows(platform.database_url, "demonstration", n)
+        sft = bootstrap_sft(platform, registry, keys["admin"])
+        if sft:
+            print(f"[{(time.monotonic() - t0) / 60:4.1f} min] bootstrap: {sft} (SFT on {n} "
+                  "demonstrations) promoted", flush=True)
+
+        # Steps 2-3: rankings of live samples; the platform trains, gates and promotes.
+        # Labelers rank one batch of the live policy's samples per outcome of the loop (a
+        # promotion, or a candidate that failed its gates), like InstructGPT's batches of
+        # comparisons: the store grows with the loop, not with the clock.
+        ranked, cursor, last, batch_at, seen, batch_left = 0, 0, "", 0.0, None, 0
+        while time.monotonic() < deadline:
+            policies = registry.list("policy")
+            outcome = (registry.live_policy(),
+                       sum(m.gates.get("status") == "failed" for m in policies))
+            if outcome != seen or time.monotonic() - batch_at > opts.idle_batch_s:
+                seen, batch_at, batch_left = outcome, time.monotonic(), opts.batch_rankings
+            if batch_left > 0:
+                prompts = [tasks.train[(cursor + i) % len(tasks.train)]
+                           for i in range(min(opts.prompts_per_round, batch_left))]
+                cursor += len(prompts)
+                ranked += labelers.rank_round(prompts)
+                batch_left -= len(prompts)
+            for m in policies:
+                measure(m.version)
+            state = registry_state(registry)
+            if state != last:
+                print(f"[{(time.monotonic() - t0) / 60:4.1f} min] {state} | {ranked} prompts "
+                      "ranked so far", flush=True)
+                last = state
+            if opts.stop_after_promotions and \
+                    gated_promotions(registry) >= opts.stop_after_promotions:
+                print("stopping early: enough gated promotions", flush=True)
+                break
+            time.sleep(opts.round_pause_s)
+        for m in registry.list("policy"):
+            measure(m.version)
+        reward = report.score_with_reward_model(registry, list(measured.values()))
+        rows = report.build_rows(registry, measured, first, started)
+    finally:
+        platform.stop()
+
+    out.mkdir(parents=True, exist_ok=True)
+    report.print_table(rows, reward)
+    result = report.verdict(rows, first)
+    wall = time.monotonic() - t0
+    report.plot(rows, out / "demo.png", wall)
+    report.write_summary(out / "demo.json", rows, result,
+                         {"wall_s": wall, "budget_minutes": opts.budget_minutes,
+                          "reward_model": reward, "held_out_prompts": len(tasks.held_out),
+                          "eval_samples_per_prompt": opts.eval_samples})
+    print(f"live {result['live']}: hidden score {result['live_score']:.2f} vs "
+          f"{result['first_score']:.2f} for {first}, win rate {result['win_rate']:.0%} → "
+          f"{'beats' if result['beats_first'] else 'does NOT beat'} the first policy "
+          f"({wall / 60:.1f} min; {out / 'demo.png'}, {out / 'demo.json'})", flush=True)
+    return 0 if result["beats_first"] else 1
+
+
+def _measurer(registry, prompts: list[str], opts: DemoOptions,
+              measured: dict[str, report.Measurement]):
+    """measure(version): measure each version once, on the held-out prompts."""
+    def measure(version: str) -> None:
+        if version not in measured:
+            measured[version] = report.measure(registry, version, prompts,
+                                               samples=opts.eval_samples,
+                                               max_new_tokens=opts.max_tokens)
+    return measure
