@@ -289,8 +289,12 @@ def event_key(event: EventBase) -> bytes:
     return (getattr(event, "request_id", None) or event.event_id).encode()
 
 
-def decode_event(raw: bytes) -> Event:
-    """Decode any event, or raise InvalidEvent saying why (bad JSON, type, fields, version)."""
+def decode_event(raw: bytes, as_type: Any = None) -> Any:
+    """Decode an event, or raise InvalidEvent saying why (bad JSON, type, fields, version).
+
+    Without ``as_type`` any completion or feedback event; with it, that model (e.g.
+    ``feedback.registry.PolicyEvent`` on ``rlhf.policy``). The one decoder of every topic.
+    """
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -302,6 +306,8 @@ def decode_event(raw: bytes) -> Event:
         raise InvalidEvent(f"unsupported schema_version {version!r}; "
                            f"this build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
     try:
+        if as_type is not None:
+            return as_type.model_validate(data)
         return _event_adapter.validate_python(data)
     except ValidationError as e:
         raise InvalidEvent(describe_validation_error(e)) from None

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from feedback.events import InvalidEvent, decode_event
 from feedback.registry import PolicyEvent, Registry, RegistryError
 from feedback.settings import KafkaSettings
 
@@ -175,9 +176,9 @@ class PolicyFollower:
 
     async def _handle(self, raw: bytes) -> None:
         try:
-            event = PolicyEvent.model_validate_json(raw)
-        except ValueError:
-            log.warning("Ignoring an unreadable event on %s", self.kafka.topics.policy)
+            event = decode_event(raw, as_type=PolicyEvent)
+        except InvalidEvent as exc:
+            log.warning("Ignoring an unreadable event on %s: %s", self.kafka.topics.policy, exc)
             return
         if event.kind != "policy" or event.type not in ("promote", "rollback"):
             return

@@ -9,14 +9,13 @@ raw JSON before validation, so both shapes decode.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from feedback.events import InvalidEvent, describe_validation_error
+from feedback.events import InvalidEvent, decode_event
 from feedback.registry import PolicyEvent
 from feedback.settings import KafkaSettings
 
@@ -31,19 +30,8 @@ class PolicyNotice:
 
 def decode_policy_event(raw: bytes) -> PolicyNotice:
     """Decode one ``rlhf.policy`` message, or raise InvalidEvent saying why."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidEvent(f"not JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InvalidEvent("event must be a JSON object")
-    replica = data.get("replica")
-    if "replica" not in PolicyEvent.model_fields:
-        data.pop("replica", None)
-    try:
-        return PolicyNotice(PolicyEvent.model_validate(data), replica)
-    except ValidationError as e:
-        raise InvalidEvent(describe_validation_error(e)) from None
+    event = decode_event(raw, as_type=PolicyEvent)
+    return PolicyNotice(event, event.replica)
 
 
 class ReplicaVersion(BaseModel):
