@@ -38,17 +38,10 @@ async def swap_policy(runtime: Runtime, version: str) -> None:
         raise SwapFailed("the engine is still loading")
     if version == policy.version:
         return
-    registry = Registry(runtime.settings.registry.root)
-    try:
-        path, problems = registry.path(version), registry.verify(version)
-    except RegistryError as exc:
-        raise SwapFailed(str(exc)) from exc
-    if problems:
-        raise SwapFailed(f"{version} failed verification: {', '.join(problems)}")
     previous = policy.path
-    mismatch = weight_mismatch(Path(previous), path)
-    if mismatch:
-        raise SwapFailed(f"{version} cannot be reloaded in place: {mismatch}")
+    # Hashing a multi-GB checkpoint takes a while: off the event loop, streams go on.
+    path = await asyncio.to_thread(preflight, runtime.settings.registry.root, version,
+                                   Path(previous))
 
     async def reload() -> None:
         await engine.pause()
@@ -74,6 +67,22 @@ async def swap_policy(runtime: Runtime, version: str) -> None:
     runtime.metrics.swap_seconds.observe(time.perf_counter() - started)
     runtime.metrics.set_policy(version)
     log.info("Now serving %s (swap took %.2fs)", version, time.perf_counter() - started)
+
+
+def preflight(registry_root: Path, version: str, current: Path) -> Path:
+    """The version's directory, once its files match its manifest and its weights fit the
+    served model in place; raises SwapFailed otherwise. Blocking (reads every file)."""
+    registry = Registry(registry_root)
+    try:
+        path, problems = registry.path(version), registry.verify(version)
+    except RegistryError as exc:
+        raise SwapFailed(str(exc)) from exc
+    if problems:
+        raise SwapFailed(f"{version} failed verification: {', '.join(problems)}")
+    mismatch = weight_mismatch(current, path)
+    if mismatch:
+        raise SwapFailed(f"{version} cannot be reloaded in place: {mismatch}")
+    return path
 
 
 def _tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
