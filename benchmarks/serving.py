@@ -30,8 +30,6 @@ import os
 import platform
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,13 +40,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import httpx
 import psutil
 from rich.console import Console
 from rich.table import Table
 
+# Run as a script, this folder comes first on sys.path, and benchmarks/feedback.py would
+# shadow the feedback package: the repository root goes first.
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from rlhf.procs import Process, free_port  # noqa: E402
 
 KV_CACHE_BYTES = 1 << 30  # what `rlhf serve` gives vLLM on CPUs (serving/engine.py)
 
@@ -155,64 +156,20 @@ def percentile(values: list[float], q: float) -> float:
 # Servers: a subprocess on free ports, polled until ready, stopped with its process group
 # ---------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """A server started in its own session so that stopping it stops its engine too."""
+class ServerProcess(Process):
+    """A server in its own process group (stopping it stops its engine), ready on start."""
 
     def __init__(self, name: str, cmd: list[str], ready_url: str, log_path: Path,
                  env: dict[str, str] | None = None, timeout: float = 300):
-        self.name, self.log_path = name, log_path
-        self._log = open(log_path, "a")  # noqa: SIM115 - closed in stop(); rounds append
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        started = time.monotonic()
-        try:
-            self._wait_ready(ready_url, started + timeout)
-        except BaseException:
-            self.stop()
-            raise
-        print(f"{name}: ready in {time.monotonic() - started:.0f}s (log: {log_path})")
-
-    def _wait_ready(self, url: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
-                                   f"log: {self.log_path}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.name} not ready in time; log: {self.log_path}")
+        super().__init__(name, cmd, log_path, env=env, cwd=REPO, append_log=True)
+        took = self.wait_http(ready_url, timeout)
+        print(f"{name}: ready in {took:.0f}s (log: {log_path})")
 
     def cpu_times(self) -> CpuTimes:
         root = psutil.Process(self.proc.pid)
         frontend = _cpu_seconds(root)
         return CpuTimes(frontend, frontend + sum(
             _cpu_seconds(p) for p in root.children(recursive=True)))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:

@@ -34,10 +34,7 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -54,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from feedback.registry import Registry  # noqa: E402
+from rlhf.procs import Process, free_port, rlhf_command  # noqa: E402
 
 VERSIONS = ("policy-0000", "policy-0001")
 
@@ -73,57 +70,21 @@ def build_registry(workdir: Path) -> Registry:
     return registry
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``rlhf serve`` in its own session (stopping it stops its engine), polled until ready."""
+class Server(Process):
+    """``rlhf serve`` on the registry's live policy, ready on start."""
 
     def __init__(self, registry: Registry, log_path: Path, env: dict[str, str],
                  timeout: float = 300):
         port = free_port()
-        self.url, self.log_path = f"http://127.0.0.1:{port}", log_path
-        cmd = [sys.executable, "-m", "rlhf", "serve", "--host", "127.0.0.1", "--port",
-               str(port), "--grpc-port", str(free_port()), "--served-model-name", "tiny",
-               "--max-model-len", "512"]
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO), "RLHF_REGISTRY__ROOT": str(registry.root),
-                 **env})
-        started = time.monotonic()
-        try:
-            self._wait_ready(started + timeout)
-        except BaseException:
-            self.stop()
-            raise
-        print(f"rlhf serve: ready in {time.monotonic() - started:.0f}s (log: {log_path})")
-
-    def _wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rlhf serve exited with {self.proc.returncode}; "
-                                   f"log: {self.log_path}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"rlhf serve not ready in time; log: {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = rlhf_command("serve", "--host", "127.0.0.1", "--port", str(port),
+                           "--grpc-port", str(free_port()), "--served-model-name", "tiny",
+                           "--max-model-len", "512")
+        super().__init__("rlhf serve", cmd, log_path, cwd=REPO,
+                         env={"PYTHONPATH": str(REPO),
+                              "RLHF_REGISTRY__ROOT": str(registry.root), **env})
+        took = self.wait_http(self.url + "/ready", timeout)
+        print(f"rlhf serve: ready in {took:.0f}s (log: {log_path})")
 
 
 # ---------------------------------------------------------------------------------------

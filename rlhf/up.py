@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from pydantic import Field
 
 from feedback.settings import ProcessSettings
+from rlhf.procs import rlhf_command, stop_group
 
 
 class UpSettings(ProcessSettings):
@@ -58,7 +58,7 @@ class Child:
 
     def start(self) -> None:
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf", *self.args],
+        self.proc = subprocess.Popen(rlhf_command(*self.args),
                                      env={**os.environ, **self.env}, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -81,14 +81,8 @@ class Child:
         return None
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
 
 
 def prepare_home(s: UpSettings) -> dict[str, str]:
