@@ -8,8 +8,14 @@ row stored). The floor is the least any Kafka → SQL pipeline can do on this ma
 bare kafka-python produce → consume → one bulk INSERT per poll → commit loop, with the
 same payloads. The ratio says what our pipeline (validation, join, dedup, seq) costs.
 
-To add a path (e.g. HTTP ``POST /v1/feedback`` → ingester), write a function
-``(ctx: PathContext) -> PathResult`` and register it in ``PATHS``.
+Paths: ``floor``; ``publisher`` (FeedbackPublisher, as the API uses it, → ``rlhf ingest``);
+``http-single`` and ``http-batch`` (a real ``rlhf serve`` on a tiny model, driven with
+``POST /v1/feedback`` or ``POST /v1/feedback/batch`` at a fixed concurrency, →
+``rlhf ingest``). HTTP clients stamp ``created_at`` when they send, so an HTTP path's delay
+runs from the client's send to the row's commit.
+
+To add a path, write a function ``(ctx: PathContext) -> PathResult`` and register it in
+``PATHS``; a path that ends in ``rlhf ingest`` only needs a ``Send`` for ``through_ingester``.
 """
 
 from __future__ import annotations
@@ -27,11 +33,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+
+import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.serving import ServerProcess, free_port  # noqa: E402
 from feedback.broker import EmbeddedBroker  # noqa: E402
 from feedback.events import Ranking, encode_event  # noqa: E402
 from feedback.settings import KafkaSettings  # noqa: E402
@@ -43,6 +54,9 @@ class PathContext:
     db_url: str
     events: int
     concurrency: int
+    http_concurrency: int
+    batch_size: int
+    batch_concurrency: int
     workdir: Path
 
 
@@ -108,7 +122,12 @@ async def publish_all(ctx: PathContext, events: list[Ranking]) -> None:
     publisher.close()
 
 
-def publisher_to_ingester(ctx: PathContext) -> PathResult:
+Send = Callable[[list[Ranking]], None]
+"""Deliver these events to the feedback topic; returns once every one was acknowledged."""
+
+
+def through_ingester(ctx: PathContext, name: str, send: Send) -> PathResult:
+    """Warm up with one event, then send ``ctx.events`` and wait for every row."""
     from sqlalchemy import select
 
     from feedback.store import FeedbackStore
@@ -118,20 +137,98 @@ def publisher_to_ingester(ctx: PathContext) -> PathResult:
     store.migrate()
     ingester = start_ingester(ctx)
     try:
-        asyncio.run(publish_all(ctx, [labeler_ranking(-1)]))  # warm-up: the group join
+        send([labeler_ranking(-1)])  # warm-up: the consumer group join, connections
         wait_until(lambda: store.high_water_mark() == 1, 60, "the warm-up event")
         events = [labeler_ranking(i) for i in range(ctx.events)]
-        started = datetime.now(UTC)
-        asyncio.run(publish_all(ctx, events))
+        started, cpu = datetime.now(UTC), time.process_time()
+        send(events)
+        cpu = time.process_time() - cpu
         wait_until(lambda: store.high_water_mark() == ctx.events + 1, 300, "all rows")
         with store.engine.connect() as conn:
             rows = conn.execute(select(FeedbackTable.created_at, FeedbackTable.stored_at)
                                 .where(FeedbackTable.seq > 1)).all()
+        print(f"{name}: CPU ms/event: {cpu * 1000 / ctx.events:.2f} sending (this process), "
+              f"{cpu_seconds(ingester.pid) * 1000 / ctx.events:.2f} in rlhf ingest")
     finally:
         ingester.terminate()
         ingester.wait(30)
         store.close()
-    return _result("FeedbackPublisher → rlhf ingest", started, rows)
+    return _result(name, started, rows)
+
+
+def publisher_to_ingester(ctx: PathContext) -> PathResult:
+    return through_ingester(ctx, "FeedbackPublisher → rlhf ingest",
+                            lambda events: asyncio.run(publish_all(ctx, events)))
+
+
+# ---------------------------------------------------------------------------------------
+# Paths 2 and 3: POST /v1/feedback[/batch] on a real `rlhf serve` → rlhf ingest
+# ---------------------------------------------------------------------------------------
+
+def start_server(ctx: PathContext) -> tuple[ServerProcess, str]:
+    """``rlhf serve`` on a tiny model, publishing to this path's broker; no keys: open."""
+    from training.tiny_model import build_tiny_model
+
+    model = ctx.workdir.parent / "tiny-model"
+    if not (model / "config.json").exists():
+        build_tiny_model(model)
+    port = free_port()
+    cmd = [sys.executable, "-m", "rlhf", "serve", "--model", str(model), "--host",
+           "127.0.0.1", "--port", str(port), "--grpc-port", str(free_port()),
+           "--served-model-name", "tiny", "--max-model-len", "512"]
+    url = f"http://127.0.0.1:{port}"
+    env = {"PYTHONPATH": str(REPO), "RLHF_PUBLISH_EVENTS": "true",
+           "RLHF_KAFKA__BOOTSTRAP_SERVERS": ctx.kafka.bootstrap_servers,
+           "RLHF_FOLLOW_POLICY_EVENTS": "false"}
+    return ServerProcess("rlhf serve", cmd, url + "/ready", ctx.workdir / "serve.log",
+                         env=env), url
+
+
+def body(e: Ranking) -> dict:
+    """The JSON a labeler's client sends: its own texts, stamped with the send time."""
+    return e.model_copy(update={"created_at": datetime.now(UTC)}).model_dump(
+        mode="json", exclude={"source"})
+
+
+async def post_all(url: str, events: list[Ranking], batch_size: int, concurrency: int
+                   ) -> None:
+    """``POST /v1/feedback`` per event (batch_size 0) or ``/v1/feedback/batch`` per chunk."""
+    step = batch_size or 1
+    chunks = [events[i:i + step] for i in range(0, len(events), step)]
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+
+        async def one(chunk: list[Ranking]) -> None:
+            async with gate:
+                if batch_size == 0:
+                    r = await client.post("/v1/feedback", json=body(chunk[0]))
+                else:
+                    r = await client.post("/v1/feedback/batch",
+                                          json={"items": [body(e) for e in chunk]})
+                if r.status_code != 202:
+                    raise RuntimeError(f"feedback API answered {r.status_code}: {r.text}")
+
+        await asyncio.gather(*[one(c) for c in chunks])
+
+
+def http_to_ingester(ctx: PathContext, batch: bool) -> PathResult:
+    server, url = start_server(ctx)
+    size, conc = (ctx.batch_size, ctx.batch_concurrency) if batch else (0, ctx.http_concurrency)
+    name = f"HTTP batch ({size}/call) → rlhf ingest" if batch else "HTTP single → rlhf ingest"
+    with server:
+        before = server.cpu_times()
+        result = through_ingester(
+            ctx, name, lambda events: asyncio.run(post_all(url, events, size, conc)))
+        used = server.cpu_times() - before
+        print(f"{name}: rlhf serve used {used.frontend * 1000 / ctx.events:.2f} CPU ms/event "
+              f"in its front-end, {used.total * 1000 / ctx.events:.2f} in all")
+    return result
+
+
+def cpu_seconds(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def _utc(t: datetime) -> datetime:
@@ -224,6 +321,8 @@ def floor(ctx: PathContext) -> PathResult:
 PATHS: dict[str, Callable[[PathContext], PathResult]] = {
     "floor": floor,
     "publisher": publisher_to_ingester,
+    "http-single": partial(http_to_ingester, batch=False),
+    "http-batch": partial(http_to_ingester, batch=True),
 }
 
 
@@ -232,7 +331,9 @@ def run_path(name: str, args: argparse.Namespace, workdir: Path) -> PathResult:
     db_url = args.db_url or f"sqlite:///{workdir / name / 'feedback.db'}"
     (workdir / name).mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker(KafkaSettings(request_timeout_ms=10000)) as broker:
-        ctx = PathContext(broker.kafka, db_url, args.events, args.concurrency, workdir / name)
+        ctx = PathContext(broker.kafka, db_url, args.events, args.concurrency,
+                          args.http_concurrency, args.batch_size, args.batch_concurrency,
+                          workdir / name)
         return PATHS[name](ctx)
 
 
@@ -248,6 +349,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=64, help="publishes in flight")
+    p.add_argument("--http-concurrency", type=int, default=8, help="single POSTs in flight "
+                   "(httpx's client costs ~3.5x the CPU per request at 64 as at 8, and it "
+                   "shares the machine with the server and the ingester)")
+    p.add_argument("--batch-size", type=int, default=250, help="items per batch POST "
+                   "(the API takes up to 1000)")
+    p.add_argument("--batch-concurrency", type=int, default=4, help="batch POSTs in flight")
     p.add_argument("--db-url", default=None, help="store URL (default: a fresh SQLite file; "
                    "a PostgreSQL URL must point at an empty schema)")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
