@@ -17,12 +17,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +29,7 @@ import httpx
 
 from rlhf import demo_report as report
 from rlhf.demo_tasks import instruction_set, rank
+from rlhf.procs import Process, free_port, rlhf_command
 
 DEMO_CONFIGS = Path(__file__).parents[1] / "training" / "configs" / "demo"
 MARKER = ".rlhf-demo"
@@ -67,18 +64,12 @@ class DemoOptions:
 
 # -- the platform ----------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Platform:
     """A ``rlhf up`` child process with free ports, or the URLs of a running one."""
 
     def __init__(self, opts: DemoOptions):
         self.opts, self.home = opts, opts.home.resolve()
-        self.proc: subprocess.Popen | None = None
+        self.up: Process | None = None
         self.url, self.deploy_url = opts.url, opts.deploy_url
 
     def start(self) -> None:
@@ -94,43 +85,28 @@ class Platform:
         (self.home / MARKER).touch()
         ports = {name: free_port() for name in ("HTTP_PORT", "GRPC_PORT", "BROKER_PORT",
                                                 "DEPLOY_PORT", "INGEST_METRICS_PORT")}
-        env = {**os.environ, **{f"RLHF_{k}": str(v) for k, v in ports.items()},
+        env = {**{f"RLHF_{k}": str(v) for k, v in ports.items()},
                **self.opts.gate_env, "RLHF_HOME": str(self.home),
                "RLHF_CONFIG_DIR": str(self.opts.config_dir.resolve()),
                "RLHF_MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),
                "RLHF_TRAIN_EVERY_S": str(self.opts.train_every_s)}
         self.url = f"http://127.0.0.1:{ports['HTTP_PORT']}"
         self.deploy_url = f"http://127.0.0.1:{ports['DEPLOY_PORT']}"
-        log = open(self.home / "up.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf", "up"], env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.up = Process("rlhf up", rlhf_command("up"), self.home / "up.log", env=env)
         print(f"rlhf up: starting in {self.home} (log: {self.home / 'up.log'})", flush=True)
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
         """Until the server answers /ready (the engine loads in about 30 s on a CPU)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise SystemExit(f"rlhf up exited with {self.proc.returncode}; "
-                                 f"see {self.home / 'up.log'}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        raise SystemExit(f"the server at {self.url} was not ready after {timeout_s:.0f} s")
+        if self.up is not None:
+            self.up.wait_http(f"{self.url}/ready", timeout_s, interval=2.0)
+            return
+        if httpx.get(f"{self.url}/ready", timeout=10).status_code != 200:
+            raise SystemExit(f"the server at {self.url} is not ready")
 
     def stop(self) -> None:
-        """SIGTERM ``rlhf up``, which stops its children; SIGKILL the group if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """Stop ``rlhf up`` (SIGTERM; it stops its children), if the demo started it."""
+        if self.up is not None:
+            self.up.stop(timeout=120)
 
     def keys(self) -> dict[str, str]:
         """role → API key, from the home's keys.json."""
@@ -208,10 +184,10 @@ def bootstrap_sft(platform: Platform, registry, admin_key: str) -> str | None:
     if any(m.config.get("recipe") == "sft" for m in registry.list("policy")):
         return None
     out = subprocess.run(
-        [sys.executable, "-m", "rlhf", "train", "sft", "--config",
-         str(platform.opts.config_dir / "sft.yaml"),
-         "--database-url", platform.database_url, "--registry", str(platform.home / "registry"),
-         "--no-announce"], capture_output=True, text=True, check=True)
+        rlhf_command("train", "sft", "--config", str(platform.opts.config_dir / "sft.yaml"),
+                     "--database-url", platform.database_url,
+                     "--registry", str(platform.home / "registry"), "--no-announce"),
+        capture_output=True, text=True, check=True)
     version = json.loads(out.stdout.strip().splitlines()[-1])["version"]
     r = httpx.post(f"{platform.deploy_url}/v1/deploy/promote", timeout=120,
                    headers={"Authorization": f"Bearer {admin_key}"},
