@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,29 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     plugin = FullyShardedDataParallelPlugin() if cfg.fsdp else None
     cpu = cfg.cpu if cfg.cpu is not None else not torch.cuda.is_available()
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin)
+
+
+def cosine_optimizer(model: torch.nn.Module, cfg: Any, examples: int, per_step: int):
+    """AdamW with cosine decay to ``cfg.min_lr_ratio`` and no warm-up (InstructGPT's SFT and
+    RM schedule); returns (optimizer, scheduler, steps) for ``cfg.epochs`` over ``examples``
+    taken ``per_step`` at a time, capped by ``cfg.max_steps``."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * math.ceil(examples / per_step)
+    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=0, num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
+    return optimizer, scheduler, steps
+
+
+def save_model(accelerator: Accelerator, model: torch.nn.Module, staging: Path) -> bool:
+    """Write the (unwrapped, gathered) weights as safetensors; True on the main process."""
+    accelerator.wait_for_everyone()
+    accelerator.unwrap_model(model).save_pretrained(
+        staging, safe_serialization=True, is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+    return accelerator.is_main_process
 
 
 def publish(registry: Registry, kind: Kind, staging: Path, *, parent: str | None,

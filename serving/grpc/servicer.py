@@ -4,7 +4,6 @@ the HTTP routes call, convert back. Errors become status codes; no logic of its 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import grpc
 from pydantic import TypeAdapter, ValidationError
@@ -71,7 +70,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         await context.send_initial_metadata((("x-policy-version", result.policy_version),))
         return convert.to_response(result)
 
-    async def GenerateStream(self, request, context) -> AsyncIterator[pb.GenerateStreamResponse]:
+    async def GenerateStream(self, request, context) -> None:
+        # context.write() rather than an async generator: a cancelled or timed-out RPC then
+        # raises here at once and the finally closes the handler's stream (aborting the
+        # engine request) instead of leaving it to garbage collection.
+        chunks = None
         try:
             caller = _caller(self.runtime, self.keyring, context)
             req = convert.to_request(request, stream=True)
@@ -80,9 +83,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             chunks = handler.chat_stream(req, ctx) if isinstance(req, p.ChatCompletionRequest) \
                 else handler.complete_stream(req, ctx)
             async for chunk in chunks:
-                yield convert.to_stream_response(chunk)
+                await context.write(convert.to_stream_response(chunk))
         except (ServingError, ValidationError, AuthError) as exc:
             await _abort(context, exc)
+        finally:
+            if chunks is not None:
+                await chunks.aclose()
 
     async def ListModels(self, request, context):
         try:

@@ -56,7 +56,14 @@ from training.losses import (
 from training.metrics import MetricsLog
 from training.reward_model import RewardModel, last_token_hidden, pad_batch
 from training.rollout import RolloutEngine, Sample
-from training.runs import make_accelerator, publish, resolve_base, shared_result, snapshot
+from training.runs import (
+    make_accelerator,
+    publish,
+    resolve_base,
+    save_model,
+    shared_result,
+    snapshot,
+)
 from training.tiny_model import CORPUS
 
 DATA_DIR = Path(__file__).parents[1] / "data"
@@ -526,11 +533,7 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         engine.shutdown()
 
     # 6. Save the policy with its tokenizer, register it and announce the candidate.
-    accelerator.wait_for_everyone()
-    accelerator.unwrap_model(policy).save_pretrained(
-        staging, safe_serialization=True, is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save, state_dict=accelerator.get_state_dict(policy))
-    if not accelerator.is_main_process:
+    if not save_model(accelerator, policy, staging):
         return shared_result(accelerator, registry, None, "policy", staging)
     tokenizer.save_pretrained(staging)
     (staging / "eval_samples.json").write_text(json.dumps(samples_log, indent=1))

@@ -12,7 +12,6 @@ Run: ``rlhf train reward --config training/configs/reward.yaml``.
 
 from __future__ import annotations
 
-import math
 import random
 import tempfile
 import time
@@ -23,7 +22,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import AutoTokenizer
 
 from feedback.registry import Manifest, Registry
 from feedback.settings import KafkaSettings
@@ -40,6 +39,7 @@ from training.metrics import MetricsLog
 from training.reward_model import RewardModel, score_pairs
 from training.runs import (
     Snapshot,
+    cosine_optimizer,
     make_accelerator,
     publish,
     resolve_base,
@@ -139,11 +139,8 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
 
     # 3. The base policy's transformer plus a scalar head; optimiser and schedule.
     model = RewardModel.from_causal_lm(base_path)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(train_groups) / cfg.groups_per_batch)
-    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=0, num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
+    optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_groups),
+                                                   cfg.groups_per_batch)
     # Every process evaluates the whole held-out set, so eval_loader is not sharded.
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler)

@@ -11,7 +11,6 @@ training.cli sft …`` for several processes).
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
-    get_cosine_with_min_lr_schedule_with_warmup,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -33,7 +31,15 @@ from feedback.settings import KafkaSettings
 from training.config import RunConfig
 from training.datasets import TrainingDataError, sft_example, split_by_prompt
 from training.metrics import MetricsLog
-from training.runs import make_accelerator, publish, resolve_base, shared_result, snapshot
+from training.runs import (
+    cosine_optimizer,
+    make_accelerator,
+    publish,
+    resolve_base,
+    save_model,
+    shared_result,
+    snapshot,
+)
 
 
 class SFTConfig(RunConfig):
@@ -89,11 +95,7 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
                               collate_fn=collate)
     eval_loader = DataLoader(eval_set, batch_size=per_process, collate_fn=collate)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(train_set) / cfg.batch_size)
-    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=0, num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
+    optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_set), cfg.batch_size)
     # Every process evaluates the whole held-out set, so eval_loader is not sharded.
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler)
@@ -130,11 +132,7 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     train_s = time.monotonic() - t_train
 
     # 5. Save the policy with its tokenizer, register it and announce the candidate.
-    accelerator.wait_for_everyone()
-    accelerator.unwrap_model(model).save_pretrained(
-        staging, safe_serialization=True, is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
-    if not accelerator.is_main_process:
+    if not save_model(accelerator, model, staging):
         return shared_result(accelerator, registry, None, "policy", staging)
     tokenizer.save_pretrained(staging)
     final = {"train_loss": metrics.last("train").get("loss"), "steps": step,

@@ -1,4 +1,5 @@
-"""When the engine process dies, the API says so: 503 on generation, and /health fails."""
+"""The engine's lifecycle as clients see it: 503 while it loads, 200 once ready, and 503
+with a failing /health when the engine process dies."""
 
 import signal
 import time
@@ -7,9 +8,34 @@ import httpx
 import psutil
 import pytest
 
+from rlhf.procs import Process, free_port, rlhf_command
 from tests.fixtures.server import RemoteServer
 
 pytestmark = pytest.mark.engine
+
+
+def test_requests_while_loading_are_503_not_errors(tiny_model, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = rlhf_command("serve", "--model", str(tiny_model), "--host", "127.0.0.1", "--port",
+                       str(port), "--grpc-port", str(free_port()), "--served-model-name",
+                       "tiny", "--max-model-len", "512")
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
+    seen: list[int] = []
+    with Process("rlhf serve", cmd, tmp_path / "server.log",
+                 env={"RLHF_PUBLISH_EVENTS": "false"}) as server:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and 200 not in seen:
+            assert server.proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                seen.append(httpx.post(url + "/v1/completions", json=body, timeout=30)
+                            .status_code)
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.2)
+    assert seen and seen[-1] == 200
+    assert set(seen) <= {200, 503}
+    assert 503 in seen  # it did answer while loading, and said so
 
 
 def test_dead_engine_is_503_and_unhealthy(tiny_model, tmp_path):
