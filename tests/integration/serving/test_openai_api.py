@@ -70,7 +70,11 @@ def test_completion_logprobs_shape(server):
     assert lp.text_offset[0] == 0
     steps = zip(lp.text_offset, lp.text_offset[1:], lp.tokens, strict=False)
     assert all(b - a == len(t) for a, b, t in steps)
-    assert all(lp.token_logprobs[i] == lp.top_logprobs[i][lp.tokens[i]] for i in range(5))
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        # Keys are decoded strings, so two byte-level tokens decoding alike share one key:
+        # check membership and that the sampled token is no likelier than the top one.
+        assert token in top
+        assert logprob <= max(top.values()) + 1e-6
 
 
 def test_stream_completion_ends_with_usage(server):
