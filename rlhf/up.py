@@ -129,7 +129,9 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
                                      "RLHF_MAX_POLL_INTERVAL_MS": "10000"}, logs / "ingest.log"),
         Child("serve", ["serve", "--host", "127.0.0.1", "--port", str(s.http_port),
                         "--grpc-port", str(s.grpc_port), "--served-model-name", "policy"],
-              env, logs / "serve.log"),
+              # RLHF_MODEL is also `rlhf up`'s base checkpoint; the server must serve the
+              # registry's live version instead, so that restarts come back on it.
+              {**env, "RLHF_MODEL": ""}, logs / "serve.log"),
         Child("deploy", ["deploy", "controller", "--host", "127.0.0.1",
                          "--port", str(s.deploy_port)],
               {**env, "RLHF_AUTO_PROMOTE": str(s.auto_promote).lower(),
