@@ -156,7 +156,10 @@ def _wait_drained(server, aborted_before: float) -> None:
     assert _metric(server, "rlhf:engine_requests_in_flight") == 0
 
 
-LONG = dict(n=32, max_tokens=480, ignore_eos=True)  # seconds of work for the tiny model
+# 64 choices x 480 tokens with 20 log-probabilities each: megabytes of messages, so the
+# server blocks on flow control until the client reads; the request cannot finish on its
+# own before the client cancels, however fast the engine or slow the client.
+LONG = dict(n=64, max_tokens=480, ignore_eos=True, logprobs=20)
 
 
 def test_cancelled_stream_aborts_the_engine_request(server, stub):

@@ -183,10 +183,10 @@ def _in_flight(server) -> float:
 
 
 def test_client_disconnect_mid_stream_aborts_engine_request(server):
-    # 32 choices x 480 tokens: seconds of work for the tiny model on a CPU, so the client
-    # leaves long before the engine could finish on its own.
-    body = {"model": "tiny", "prompt": "hi", "max_tokens": 480, "n": 32, "stream": True,
-            "ignore_eos": True}
+    # 64 choices x 480 tokens with 20 log-probabilities each: megabytes of events, more
+    # than the socket buffers hold, so the stream cannot finish before the client leaves.
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 480, "n": 64, "stream": True,
+            "ignore_eos": True, "logprobs": 20}
     aborted = _metric(httpx.get(server.url + "/metrics").text, "rlhf:requests_aborted_total")
     with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
         lines = r.iter_lines()  # keep a reference: a dropped iterator closes the stream
