@@ -15,7 +15,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from feedback.auth import AuthError
 from serving.admin_api import router as admin_router
 from serving.errors import (
-    EngineUnavailable,
     Forbidden,
     InvalidRequest,
     ServingError,
@@ -122,4 +121,3 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 OPENAI_PATHS = {"/v1/completions", "/v1/chat/completions"}
 
-__all__ = ["build_app", "EngineUnavailable"]

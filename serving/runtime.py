@@ -96,6 +96,6 @@ class Runtime:
         if self.engine is not None:
             self.engine.shutdown()
         if self.sink is not None:
-            await asyncio.to_thread(self.sink.sink.close)
+            await asyncio.to_thread(self.sink.close)
         if self.publisher is not None:
             await asyncio.to_thread(self.publisher.close)

@@ -35,7 +35,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     await context.abort(getattr(grpc.StatusCode, exc.grpc_code), message)
 
 
-def _caller(runtime: Runtime, keyring: KeyRing, context: grpc.aio.ServicerContext) -> Caller:
+def _caller(keyring: KeyRing, context: grpc.aio.ServicerContext) -> Caller:
     md = dict(context.invocation_metadata() or ())
     return keyring.identify(bearer_token(md.get("authorization"), md.get("x-api-key")))
 
@@ -56,7 +56,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Generate(self, request, context):
         try:
-            caller = _caller(self.runtime, self.keyring, context)
+            caller = _caller(self.keyring, context)
             req = convert.to_request(request, stream=False)
             ctx = RequestContext(request_id=_request_id(request, context), user=caller.name)
             handler = self._handler()
@@ -76,7 +76,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # engine request) instead of leaving it to garbage collection.
         chunks = None
         try:
-            caller = _caller(self.runtime, self.keyring, context)
+            caller = _caller(self.keyring, context)
             req = convert.to_request(request, stream=True)
             ctx = RequestContext(request_id=_request_id(request, context), user=caller.name)
             handler = self._handler()
@@ -92,7 +92,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def ListModels(self, request, context):
         try:
-            _caller(self.runtime, self.keyring, context)
+            _caller(self.keyring, context)
             return convert.to_models(self._handler().models())
         except (ServingError, AuthError) as exc:
             await _abort(context, exc)
@@ -104,7 +104,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServicer):
 
     async def SubmitFeedback(self, request, context):
         try:
-            caller = _caller(self.runtime, self.keyring, context)
+            caller = _caller(self.keyring, context)
             item = _feedback_list.validate_python([convert.feedback_body(request)])[0]
             ack = await self.runtime.feedback.submit(item, caller)
         except (ServingError, ValidationError, AuthError) as exc:
@@ -113,7 +113,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServicer):
 
     async def SubmitFeedbackBatch(self, request, context):
         try:
-            caller = _caller(self.runtime, self.keyring, context)
+            caller = _caller(self.keyring, context)
             items = _feedback_list.validate_python(
                 [convert.feedback_body(i) for i in request.items])
             acks = await self.runtime.feedback.submit_batch(items, caller)

@@ -71,6 +71,9 @@ class RememberingSink:
         self.recent.remember(event.request_id, len(event.choices))
         self.sink.publish_nowait(event)
 
+    def close(self) -> None:
+        self.sink.close()
+
 
 def _indices(item: EventBase) -> list[tuple[str, int]]:
     if isinstance(item, Ranking):
