@@ -41,8 +41,8 @@ docs: $(STAMP)
 	$(BIN)/python -m rlhf.settings_doc > docs/settings.md
 
 lint: $(STAMP)
-	$(BIN)/ruff check serving feedback training rlhf tests benchmarks
-	$(BIN)/mypy serving feedback
+	$(BIN)/ruff check core serving feedback training deploy rlhf protos/build.py tests benchmarks
+	$(BIN)/mypy core serving feedback
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q tests

@@ -43,9 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.serving import ServerProcess, free_port  # noqa: E402
+from core.events import Ranking, encode_event  # noqa: E402
+from core.settings import KafkaSettings  # noqa: E402
 from feedback.broker import EmbeddedBroker  # noqa: E402
-from feedback.events import Ranking, encode_event  # noqa: E402
-from feedback.settings import KafkaSettings  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def start_ingester(ctx: PathContext) -> subprocess.Popen:
 
 async def publish_all(ctx: PathContext, events: list[Ranking]) -> None:
     """Publish like the API does: one acknowledged publish per request, N in flight."""
-    from feedback.producer import FeedbackPublisher
+    from core.producer import FeedbackPublisher
 
     publisher = FeedbackPublisher(ctx.kafka)
     gate = asyncio.Semaphore(ctx.concurrency)

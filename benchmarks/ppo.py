@@ -73,7 +73,7 @@ def restart_sync(engine_args: dict, model, tokenizer, workdir: Path) -> tuple[fl
 
 def ppo_iteration(model_dir: Path, workdir: Path, steps: int) -> dict[str, float]:
     """Median per-step timings of a short PPO run (reward model on synthetic rankings)."""
-    from feedback.registry import Registry
+    from core.registry import Registry
     from feedback.store import FeedbackStore
     from training.config import load_config
     from training.recipes import ppo, reward

@@ -57,7 +57,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from feedback.events import Ranking  # noqa: E402
+from core.events import Ranking  # noqa: E402
 from training.datasets import RankedGroup, ranked_group, split_by_prompt  # noqa: E402
 from training.reward_model import pad_batch  # noqa: E402
 
@@ -149,7 +149,7 @@ def held_out_accuracy(score: Scorer, groups: list[RankedGroup], pad_id: int,
 
 def run_ours(args: argparse.Namespace, base: Path, train: list[Ranking],
              held_out: list[RankedGroup], pad_id: int, workdir: Path) -> TrainerResult:
-    from feedback.registry import Registry
+    from core.registry import Registry
     from feedback.store import FeedbackStore
     from training.config import load_config
     from training.recipes import reward

@@ -49,7 +49,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from feedback.registry import Registry  # noqa: E402
+from core.registry import Registry  # noqa: E402
 from rlhf.procs import Process, free_port, rlhf_command  # noqa: E402
 
 VERSIONS = ("policy-0000", "policy-0001")
@@ -227,8 +227,8 @@ def kafka_trigger(registry: Registry, kafka) -> Trigger:
     """What the deploy controller does: move the live pointer, then publish ``promote``."""
     from kafka import KafkaProducer
 
-    from feedback.events import encode_event
-    from feedback.registry import PolicyEvent
+    from core.events import encode_event
+    from core.registry import PolicyEvent
 
     producer = KafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=0)
 
@@ -306,8 +306,8 @@ def run_admin(registry: Registry, workdir: Path, args: argparse.Namespace, vocab
 
 def run_kafka(registry: Registry, workdir: Path, args: argparse.Namespace, vocab: int
               ) -> PathResult:
+    from core.settings import KafkaSettings
     from feedback.broker import EmbeddedBroker
-    from feedback.settings import KafkaSettings
 
     registry.set_live(VERSIONS[0], "benchmark")
     with EmbeddedBroker(KafkaSettings(request_timeout_ms=10000),

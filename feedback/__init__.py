@@ -1,6 +1,8 @@
-"""Feedback: event definitions, the Kafka pipeline and the SQL feedback store.
+"""The feedback pipeline: Kafka broker, ingester and SQL feedback store.
 
-This package holds the contracts every process shares (events, settings sections,
-the store's query API). ``serving`` and ``training`` import from here, never from each
-other.
+* :mod:`feedback.broker` — the embedded Kafka-protocol broker (local runs and tests).
+* :mod:`feedback.ingest` — ``rlhf ingest``: parse → validate → persist → commit, DLQ.
+* :mod:`feedback.store` — the SQLAlchemy store (SQLite or PostgreSQL) and its queries.
+
+The event definitions it consumes live in :mod:`core.events`.
 """

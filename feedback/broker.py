@@ -19,7 +19,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from feedback.settings import KafkaSettings
+from core.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

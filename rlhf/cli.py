@@ -18,9 +18,9 @@ app.add_typer(model_app, name="model")
 
 def _mount() -> None:
     """Each process family owns its commands; this only puts them under ``rlhf``."""
+    from deploy.cli import deploy_app
     from feedback.cli import broker_app, ingest_app
     from training.cli import reward_app, train_app
-    from training.deploy.cli import deploy_app
 
     app.add_typer(broker_app, name="broker")
     app.add_typer(ingest_app, name="ingest")

@@ -217,7 +217,7 @@ def registry_state(registry) -> str:
 
 def run(opts: DemoOptions) -> int:
     """The whole demo; returns the exit code (0 = the live policy beats the first)."""
-    from feedback.registry import Registry
+    from core.registry import Registry
 
     started, t0 = datetime.now(UTC), time.monotonic()
     deadline = t0 + opts.budget_minutes * 60

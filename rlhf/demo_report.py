@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from statistics import fmean
 
-from feedback.registry import Manifest, Registry
+from core.registry import Manifest, Registry
 from training.synthetic import hidden_score
 
 
@@ -39,7 +39,7 @@ def measure(registry: Registry, version: str, prompts: list[str], *, samples: in
     """``samples`` seeded answers per held-out prompt, scored by the hidden rule."""
     from transformers.utils import logging as hf_logging
 
-    from training.deploy.sampling import Policy, sample
+    from deploy.sampling import Policy, sample
 
     hf_logging.disable_progress_bar()
     policy = Policy.load(registry.path(version), version)
@@ -124,7 +124,7 @@ def live_times(registry: Registry, started: datetime) -> dict[str, float]:
 
 def build_rows(registry: Registry, measured: dict[str, Measurement], first: str,
                started: datetime) -> list[Row]:
-    from training.deploy.controller import gate_status
+    from deploy.controller import gate_status
 
     live, times = registry.live_policy(), live_times(registry, started)
     rows = []

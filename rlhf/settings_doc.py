@@ -12,14 +12,15 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from feedback.settings import ENV_PREFIX
+from core.settings import ENV_PREFIX
 
 
 def processes() -> list[tuple[str, type[BaseModel]]]:
+    from deploy.settings import DeploySettings
     from feedback.settings import BrokerSettings, IngestSettings
     from rlhf.up import UpSettings
     from serving.settings import ServeSettings
-    from training.settings import DeploySettings, TrainSettings
+    from training.settings import TrainSettings
 
     return [("rlhf serve", ServeSettings), ("rlhf ingest", IngestSettings),
             ("rlhf broker", BrokerSettings), ("rlhf train …", TrainSettings),

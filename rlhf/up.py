@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from feedback.settings import ProcessSettings
+from core.settings import ProcessSettings
 from rlhf.procs import rlhf_command, stop_group
 
 
@@ -87,7 +87,7 @@ class Child:
 
 def prepare_home(s: UpSettings) -> dict[str, str]:
     """Create the home directory, the base policy, the store and the API keys once."""
-    from feedback.registry import Registry
+    from core.registry import Registry
     from feedback.store import FeedbackStore
 
     home = s.home.resolve()

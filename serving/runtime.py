@@ -11,7 +11,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from feedback.auth import KeyRing
+from core.auth import KeyRing
+from core.errors import EngineUnavailable
 from serving.engine import Engine, VllmEngine
 from serving.handlers.feedback import FeedbackHandler, RecentCompletions, RememberingSink
 from serving.handlers.generation import GenerationHandler
@@ -46,12 +47,18 @@ class Runtime:
             log.warning("RLHF_PUBLISH_EVENTS=false: completions are not logged and the "
                         "feedback API answers 503.")
             return None, None
-        from feedback.producer import CompletionLogPublisher, FeedbackPublisher
+        from core.producer import CompletionLogPublisher, FeedbackPublisher
 
         log_publisher = CompletionLogPublisher(
             settings.kafka, buffer_size=settings.event_buffer_size,
             registry=self.metrics.registry)
         return RememberingSink(log_publisher, self.recent), FeedbackPublisher(settings.kafka)
+
+    def generation_handler(self) -> GenerationHandler:
+        """The generation handler; 503 while the model is still loading (or failed to)."""
+        if self.generation is None:
+            raise EngineUnavailable("The model is still loading; retry when /ready says so.")
+        return self.generation
 
     def start_loading(self) -> None:
         self._load_task = asyncio.create_task(self._load())

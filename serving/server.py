@@ -7,7 +7,7 @@ import logging
 
 import uvicorn
 
-from serving.app import build_app
+from serving.http.app import build_app
 from serving.runtime import Runtime
 from serving.settings import ServeSettings
 
@@ -19,7 +19,7 @@ def resolve_model(settings: ServeSettings) -> tuple[str, str]:
     policy."""
     if settings.model:
         return settings.model, settings.policy_version or "base"
-    from feedback.registry import Registry
+    from core.registry import Registry
 
     registry = Registry(settings.registry.root)
     live = registry.live_policy()

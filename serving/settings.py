@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
-from feedback.settings import AuthSettings, KafkaSettings, ProcessSettings, RegistrySettings
+from core.settings import AuthSettings, KafkaSettings, ProcessSettings, RegistrySettings
 
 
 class HttpSettings(BaseModel):

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from feedback.events import InvalidEvent, decode_event
-from feedback.registry import PolicyEvent, Registry, RegistryError
-from feedback.settings import KafkaSettings
+from core.events import InvalidEvent, decode_event
+from core.registry import PolicyEvent, Registry, RegistryError
+from core.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from serving.runtime import Runtime

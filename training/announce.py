@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from feedback.registry import Kind, PolicyEvent
-from feedback.settings import KafkaSettings
+from core.registry import Kind, PolicyEvent
+from core.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,8 @@ def announce(kafka: KafkaSettings, version: str, kind: Kind, reason: str = "trai
     Raises the producer's KafkaError when no broker acknowledges within the timeout; the
     version is already in the registry then, so a retry only has to announce it again.
     """
-    from feedback.events import encode_event
-    from feedback.producer import make_producer
+    from core.events import encode_event
+    from core.producer import make_producer
 
     event = PolicyEvent(type="candidate", version=version, kind=kind, reason=reason)
     producer = make_producer(kafka)

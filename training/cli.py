@@ -38,7 +38,7 @@ def _settings(database_url: str | None, registry: Path | None) -> TrainSettings:
 
 def _run(recipe: str, config: Path | None, database_url: str | None, registry: Path | None,
          base: str | None, announce: bool, **extra: str | None) -> None:
-    from feedback.registry import Registry
+    from core.registry import Registry
     from feedback.store import FeedbackStore
     from training.config import load_config
     from training.metrics import prometheus_sink
@@ -93,7 +93,7 @@ def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
 
     Recipe configs come from RLHF_CONFIG_DIR (reward.yaml, ppo.yaml) or the packaged ones.
     """
-    from feedback.registry import Registry
+    from core.registry import Registry
     from feedback.store import FeedbackStore
     from training.cycle import cycle as run
     from training.metrics import prometheus_sink
@@ -122,7 +122,7 @@ def score(version: str = typer.Option(..., "--version", help="Reward version, e.
           response: list[str] = typer.Option(..., "--response", help="Repeat for several."),
           registry: Path | None = RegOpt) -> None:
     """Score responses to one prompt; prints JSON."""
-    from feedback.registry import Registry, RegistryError
+    from core.registry import Registry, RegistryError
     from training.reward_model import RewardScorer
 
     settings = _settings(None, registry)
@@ -137,12 +137,15 @@ def score(version: str = typer.Option(..., "--version", help="Reward version, e.
 
 @reward_app.command("serve")
 def serve(registry: Path | None = RegOpt, host: str = "127.0.0.1", port: int = 8100) -> None:
-    """Serve POST /v1/rewards for every reward version in the registry."""
+    """Serve POST /v1/rewards for every reward version in the registry (RLHF_AUTH__… keys)."""
     import uvicorn
 
+    from core.auth import KeyRing
     from training.reward_server import create_app
 
-    uvicorn.run(create_app(_settings(None, registry).registry.root), host=host, port=port)
+    settings = _settings(None, registry)
+    app = create_app(settings.registry.root, keyring=KeyRing.from_settings(settings.auth))
+    uvicorn.run(app, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feedback.registry import Manifest, Registry, RegistryError
-from feedback.settings import KafkaSettings
+from core.registry import Manifest, Registry, RegistryError
+from core.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".train-cycle.lock"

@@ -120,7 +120,7 @@ class RewardScorer:
 
     @classmethod
     def from_registry(cls, registry, version: str, **kw) -> RewardScorer:
-        """Load ``version`` (a reward-XXXX id) from a ``feedback.registry.Registry``."""
+        """Load ``version`` (a reward-XXXX id) from a ``core.registry.Registry``."""
         if registry.get(version).kind != "reward":
             raise ValueError(f"{version} is not a reward model")
         return cls(registry.path(version), version=version, **kw)

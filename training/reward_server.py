@@ -12,10 +12,13 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
-from feedback.registry import Registry, RegistryError
+from core.auth import KeyRing
+from core.errors import NotFound
+from core.http import install_error_handlers, require_role
+from core.registry import Registry, RegistryError
 from training.reward_model import RewardScorer
 
 
@@ -36,8 +39,12 @@ class RewardResponse(BaseModel):
     bias: float = Field(description="The bias already added to every score.")
 
 
-def create_app(registry_root: Path, max_loaded: int = 2) -> FastAPI:
-    """The app; scorers for up to ``max_loaded`` versions stay in memory."""
+def create_app(registry_root: Path, max_loaded: int = 2,
+               keyring: KeyRing | None = None) -> FastAPI:
+    """The app; scorers for up to ``max_loaded`` versions stay in memory.
+
+    Callers need a ``user`` key when ``keyring`` has keys (open otherwise).
+    """
     registry = Registry(registry_root)
     lock = threading.Lock()  # one forward pass at a time on these CPU/GPU models
 
@@ -46,13 +53,16 @@ def create_app(registry_root: Path, max_loaded: int = 2) -> FastAPI:
         return RewardScorer.from_registry(registry, version)
 
     app = FastAPI(title="rlhf reward model", version="1")
+    app.state.keyring = keyring or KeyRing({})
+    install_error_handlers(app)
 
-    @app.post("/v1/rewards", response_model=RewardResponse)
+    @app.post("/v1/rewards", response_model=RewardResponse,
+              dependencies=[Depends(require_role("user"))])
     def score(req: RewardRequest) -> RewardResponse:
         try:
             model = scorer(req.model)
         except (RegistryError, ValueError) as e:
-            raise HTTPException(404, f"no reward model {req.model!r}: {e}") from None
+            raise NotFound(f"no reward model {req.model!r}: {e}", param="model") from None
         with lock:
             scores = model.score([(i.prompt, i.response) for i in req.items])
         return RewardResponse(model=req.model, scores=scores, bias=model.bias)

@@ -15,8 +15,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import FullyShardedDataParallelPlugin, set_seed
 
-from feedback.registry import Kind, Manifest, Registry, RegistryError, parse_version
-from feedback.settings import KafkaSettings
+from core.registry import Kind, Manifest, Registry, RegistryError, parse_version
+from core.settings import KafkaSettings
 from training.config import RunConfig
 from training.metrics import plot_curves
 

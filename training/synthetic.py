@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 
-from feedback.events import Demonstration, Ranking
+from core.events import Demonstration, Ranking
 from training.tiny_model import CORPUS
 
 MARKER = "good"

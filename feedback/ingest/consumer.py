@@ -22,7 +22,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
-from feedback.events import Event, InvalidEvent, event_key
+from core.events import Event, InvalidEvent, event_key
 from feedback.ingest.dlq import DeadLetterQueue
 from feedback.ingest.metrics import IngestMetrics
 from feedback.ingest.steps import Record, parse_and_validate

@@ -11,8 +11,8 @@ import time
 
 from kafka import KafkaProducer
 
-from feedback.producer import make_producer
-from feedback.settings import KafkaSettings
+from core.producer import make_producer
+from core.settings import KafkaSettings
 
 
 def dlq_headers(error: str, topic: str, partition: int | None,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feedback.events import CompletionRecord, Event, InvalidEvent, decode_event
-from feedback.settings import TopicSettings
+from core.events import CompletionRecord, Event, InvalidEvent, decode_event
+from core.settings import TopicSettings
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from feedback.events import (
+from core.events import (
     Comparison,
     CompletionRecord,
     Demonstration,

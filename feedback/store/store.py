@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from feedback.events import (
+from core.events import (
     CompletionChoice,
     CompletionRecord,
     Event,

@@ -6,7 +6,7 @@ from typing import Any
 
 from protos.rlhf.v1 import feedback_pb2 as fpb
 from protos.rlhf.v1 import inference_pb2 as pb
-from serving.openai import protocol as p
+from serving import protocol as p
 
 _SAMPLING_FIELDS = ("n", "max_tokens", "temperature", "top_p", "top_k", "seed",
                     "presence_penalty", "frequency_penalty", "min_tokens")

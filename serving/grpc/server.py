@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from feedback.auth import KeyRing
+from core.auth import KeyRing
 from protos.rlhf.v1 import feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
 from serving.grpc.servicer import FeedbackServicer, InferenceServicer
 from serving.runtime import Runtime

@@ -13,8 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from feedback.auth import Caller
-from feedback.events import (
+from core.auth import Caller
+from core.errors import BrokerUnavailable, ServiceUnavailable
+from core.errors import UnprocessableEntity as InvalidFeedback
+from core.events import (
     Comparison,
     CompletionRecord,
     EventBase,
@@ -22,14 +24,7 @@ from feedback.events import (
     Ranking,
     Rating,
 )
-from feedback.producer import BrokerUnavailable, FeedbackPublisher
-from serving.errors import EngineUnavailable, ServingError
-
-
-class InvalidFeedback(ServingError):
-    status = 422
-    type = "UnprocessableEntityError"
-    grpc_code = "INVALID_ARGUMENT"
+from core.producer import FeedbackPublisher
 
 
 class FeedbackAck(BaseModel):
@@ -116,10 +111,10 @@ class FeedbackHandler:
 
     async def _publish(self, events: list[EventBase]) -> None:
         if self.publisher is None:
-            raise EngineUnavailable("Feedback is disabled on this server (no Kafka broker "
+            raise ServiceUnavailable("Feedback is disabled on this server (no Kafka broker "
                                     "configured: RLHF_PUBLISH_EVENTS=false).")
         try:
             await self.publisher.publish_batch(self.topic, events)
         except BrokerUnavailable as exc:
-            raise EngineUnavailable(f"The feedback broker is unavailable; nothing was "
+            raise BrokerUnavailable(f"The feedback broker is unavailable; nothing was "
                                     f"recorded, retry with the same event_id: {exc}") from exc

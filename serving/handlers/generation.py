@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vllm import SamplingParams
 from vllm.outputs import CompletionOutput, RequestOutput
 
+from core.errors import EngineUnavailable, InvalidRequest, NotFound, Overloaded
+from serving import protocol as p
 from serving.engine import Engine
-from serving.errors import EngineUnavailable, InvalidRequest, ModelNotFound, Overloaded
 from serving.handlers import logprobs as lp
 from serving.handlers.policy import PolicyState
 from serving.metrics import ServingMetrics
-from serving.openai import protocol as p
 
 
 class CompletionSink(Protocol):
@@ -76,48 +76,28 @@ class GenerationHandler:
         self.default_max_tokens = default_max_tokens
         self.max_waiting = max_waiting
 
-    # -- completions ---------------------------------------------------------------
+    # -- the four entry points: each says only how its choices are built -------------
     async def complete(self, req: p.CompletionRequest, ctx: RequestContext) -> p.CompletionResponse:
-        prompt_ids, prompt_text = self._tokenize_prompt(req.prompt)
-        params = self._sampling_params(req, prompt_ids)
-        async with self.policy.admit() as version:
-            gen = _Generation(ctx.request_id, version, prompt_text, len(prompt_ids))
-            final = await self._run_final(prompt_ids, params, ctx)
-        choices = []
-        for out in sorted(final.outputs, key=lambda o: o.index):
-            gen.add(out, delta=False)
-            choices.append(p.CompletionChoice(
-                index=out.index, text=out.text, finish_reason=out.finish_reason,
-                logprobs=lp.completion_logprobs(out.logprobs, out.token_ids)
-                if req.logprobs is not None else None))
-        self._log(gen, req, ctx, endpoint="completions")
-        return p.CompletionResponse(id=ctx.request_id, model=self.model_name,
-                                    policy_version=version, choices=choices, usage=gen.usage())
+        return await self._final(req, ctx, lambda: self._tokenize_prompt(req.prompt),
+                                 _completion_shape(req))
 
-    async def complete_stream(self, req: p.CompletionRequest,
-                              ctx: RequestContext) -> AsyncIterator[p.CompletionStreamResponse]:
-        prompt_ids, prompt_text = self._tokenize_prompt(req.prompt)
-        params = self._sampling_params(req, prompt_ids)
-        async with self.policy.admit() as version:
-            gen = _Generation(ctx.request_id, version, prompt_text, len(prompt_ids))
-            stamp = {"id": ctx.request_id, "model": self.model_name, "policy_version": version}
-            async for output in self._run_stream(prompt_ids, params, ctx):
-                choices = []
-                for out in output.outputs:
-                    gen.add(out, delta=True)
-                    choices.append(p.CompletionChoice(
-                        index=out.index, text=out.text, finish_reason=out.finish_reason,
-                        logprobs=lp.completion_logprobs(out.logprobs, out.token_ids)
-                        if req.logprobs is not None else None))
-                yield p.CompletionStreamResponse(**stamp, choices=choices)
-            if req.include_usage:
-                yield p.CompletionStreamResponse(**stamp, choices=[], usage=gen.usage())
-        self._log(gen, req, ctx, endpoint="completions")
+    def complete_stream(self, req: p.CompletionRequest, ctx: RequestContext
+                        ) -> AsyncGenerator[p.CompletionStreamResponse, None]:
+        return self._stream(req, ctx, lambda: self._tokenize_prompt(req.prompt),
+                            _completion_shape(req))
 
-    # -- chat completions ----------------------------------------------------------
     async def chat(self, req: p.ChatCompletionRequest,
                    ctx: RequestContext) -> p.ChatCompletionResponse:
-        prompt_ids, prompt_text = self._render_chat(req)
+        return await self._final(req, ctx, lambda: self._render_chat(req), _chat_shape(req))
+
+    def chat_stream(self, req: p.ChatCompletionRequest, ctx: RequestContext
+                    ) -> AsyncGenerator[p.ChatCompletionStreamResponse, None]:
+        return self._stream(req, ctx, lambda: self._render_chat(req), _chat_shape(req))
+
+    # -- one path for final answers, one for streams --------------------------------
+    async def _final(self, req: p.SamplingRequest, ctx: RequestContext,
+                     prepare: Callable[[], tuple[list[int], str]], shape: _Shape) -> Any:
+        prompt_ids, prompt_text = prepare()
         params = self._sampling_params(req, prompt_ids)
         async with self.policy.admit() as version:
             gen = _Generation(ctx.request_id, version, prompt_text, len(prompt_ids))
@@ -125,41 +105,30 @@ class GenerationHandler:
         choices = []
         for out in sorted(final.outputs, key=lambda o: o.index):
             gen.add(out, delta=False)
-            choices.append(p.ChatChoice(
-                index=out.index, message=p.AssistantMessage(content=out.text),
-                finish_reason=out.finish_reason,
-                logprobs=lp.chat_logprobs(out.logprobs, out.token_ids, req.top_logprobs or 0)
-                if req.logprobs else None))
-        self._log(gen, req, ctx, endpoint="chat.completions")
-        return p.ChatCompletionResponse(id=ctx.request_id, model=self.model_name,
-                                        policy_version=version, choices=choices,
-                                        usage=gen.usage())
+            choices.append(shape.choice(out))
+        self._log(gen, req, ctx, endpoint=shape.endpoint)
+        return shape.response(id=ctx.request_id, model=self.model_name,
+                              policy_version=version, choices=choices, usage=gen.usage())
 
-    async def chat_stream(self, req: p.ChatCompletionRequest,
-                          ctx: RequestContext) -> AsyncIterator[p.ChatCompletionStreamResponse]:
-        prompt_ids, prompt_text = self._render_chat(req)
+    async def _stream(self, req: p.SamplingRequest, ctx: RequestContext,
+                      prepare: Callable[[], tuple[list[int], str]], shape: _Shape
+                      ) -> AsyncGenerator[Any, None]:
+        prompt_ids, prompt_text = prepare()
         params = self._sampling_params(req, prompt_ids)
         async with self.policy.admit() as version:
             gen = _Generation(ctx.request_id, version, prompt_text, len(prompt_ids))
             stamp = {"id": ctx.request_id, "model": self.model_name, "policy_version": version}
-            # OpenAI opens every choice with a role-only delta.
-            yield p.ChatCompletionStreamResponse(**stamp, choices=[
-                p.ChatStreamChoice(index=i, delta=p.DeltaMessage(role="assistant", content=""))
-                for i in range(req.n)])
+            if shape.opening is not None:
+                yield shape.chunk(**stamp, choices=shape.opening())
             async for output in self._run_stream(prompt_ids, params, ctx):
                 choices = []
                 for out in output.outputs:
                     gen.add(out, delta=True)
-                    choices.append(p.ChatStreamChoice(
-                        index=out.index, delta=p.DeltaMessage(content=out.text),
-                        finish_reason=out.finish_reason,
-                        logprobs=lp.chat_logprobs(out.logprobs, out.token_ids,
-                                                  req.top_logprobs or 0)
-                        if req.logprobs else None))
-                yield p.ChatCompletionStreamResponse(**stamp, choices=choices)
+                    choices.append(shape.delta(out))
+                yield shape.chunk(**stamp, choices=choices)
             if req.include_usage:
-                yield p.ChatCompletionStreamResponse(**stamp, choices=[], usage=gen.usage())
-        self._log(gen, req, ctx, endpoint="chat.completions")
+                yield shape.chunk(**stamp, choices=[], usage=gen.usage())
+        self._log(gen, req, ctx, endpoint=shape.endpoint)
 
     # -- shared steps --------------------------------------------------------------
     def models(self) -> p.ModelList:
@@ -169,7 +138,7 @@ class GenerationHandler:
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
-            raise ModelNotFound(f"The model `{model}` does not exist; this server serves "
+            raise NotFound(f"The model `{model}` does not exist; this server serves "
                                 f"`{self.model_name}`.", param="model")
 
     def _tokenize_prompt(self, prompt: str | list[int]) -> tuple[list[int], str]:
@@ -249,7 +218,7 @@ class GenerationHandler:
         """Hand the finished generation to the completion log; never blocks."""
         if self.sink is None:
             return
-        from feedback.events import CompletionChoice, CompletionRecord
+        from core.events import CompletionChoice, CompletionRecord
 
         messages = getattr(req, "messages", None)
         self.sink.publish_nowait(CompletionRecord(
@@ -264,6 +233,50 @@ class GenerationHandler:
                                            exclude_none=True),
             prompt_tokens=gen.prompt_tokens, completion_tokens=sum(gen.tokens.values()),
             user=ctx.user or req.user))
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """How one endpoint builds its answers: the only thing completions and chat differ in."""
+
+    endpoint: str                                  # as logged in the completion record
+    response: type                                 # the final answer's model
+    chunk: type                                    # a stream chunk's model
+    choice: Callable[[CompletionOutput], Any]      # a final choice from the engine's output
+    delta: Callable[[CompletionOutput], Any]       # a streamed choice from a delta
+    opening: Callable[[], list[Any]] | None = None  # choices of a first chunk, if any
+
+
+def _completion_shape(req: p.CompletionRequest) -> _Shape:
+    def choice(out: CompletionOutput) -> p.CompletionChoice:
+        return p.CompletionChoice(
+            index=out.index, text=out.text, finish_reason=out.finish_reason,
+            logprobs=lp.completion_logprobs(out.logprobs, out.token_ids)
+            if req.logprobs is not None else None)
+
+    return _Shape("completions", p.CompletionResponse, p.CompletionStreamResponse,
+                  choice=choice, delta=choice)
+
+
+def _chat_shape(req: p.ChatCompletionRequest) -> _Shape:
+    def logprobs(out: CompletionOutput) -> Any:
+        return lp.chat_logprobs(out.logprobs, out.token_ids, req.top_logprobs or 0) \
+            if req.logprobs else None
+
+    def choice(out: CompletionOutput) -> p.ChatChoice:
+        return p.ChatChoice(index=out.index, message=p.AssistantMessage(content=out.text),
+                            finish_reason=out.finish_reason, logprobs=logprobs(out))
+
+    def delta(out: CompletionOutput) -> p.ChatStreamChoice:
+        return p.ChatStreamChoice(index=out.index, delta=p.DeltaMessage(content=out.text),
+                                  finish_reason=out.finish_reason, logprobs=logprobs(out))
+
+    def opening() -> list[Any]:  # OpenAI opens every choice with a role-only delta
+        return [p.ChatStreamChoice(index=i, delta=p.DeltaMessage(role="assistant", content=""))
+                for i in range(req.n)]
+
+    return _Shape("chat.completions", p.ChatCompletionResponse, p.ChatCompletionStreamResponse,
+                  choice=choice, delta=delta, opening=opening)
 
 
 def _is_engine_dead(exc: Exception) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from serving.openai import protocol as p
+from serving import protocol as p
 
 # vLLM gives, per generated token, {token_id: Logprob(logprob, rank, decoded_token)}
 # holding the sampled token plus the top-k alternatives.

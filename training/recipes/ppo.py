@@ -33,8 +33,8 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_constant_schedule_with_warmup
 
-from feedback.registry import Manifest, Registry, RegistryError
-from feedback.settings import KafkaSettings
+from core.registry import Manifest, Registry, RegistryError
+from core.settings import KafkaSettings
 from training.advantages import (
     AdaptiveKLController,
     FixedKLController,

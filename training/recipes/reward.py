@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from feedback.registry import Manifest, Registry
-from feedback.settings import KafkaSettings
+from core.registry import Manifest, Registry
+from core.settings import KafkaSettings
 from training.config import RunConfig
 from training.datasets import (
     GroupCollator,

@@ -26,8 +26,8 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from feedback.registry import Manifest, Registry
-from feedback.settings import KafkaSettings
+from core.registry import Manifest, Registry
+from core.settings import KafkaSettings
 from training.config import RunConfig
 from training.datasets import TrainingDataError, sft_example, split_by_prompt
 from training.metrics import MetricsLog

@@ -10,8 +10,8 @@ import grpc
 import httpx
 import pytest
 
+from core.settings import KafkaSettings
 from feedback.broker import EmbeddedBroker
-from feedback.settings import KafkaSettings
 from feedback.store import FeedbackStore
 from protos.rlhf.v1 import feedback_pb2 as fpb
 from protos.rlhf.v1 import feedback_pb2_grpc

@@ -9,7 +9,7 @@ from kafka import KafkaAdminClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
-from feedback.events import Rating, encode_event, event_key
+from core.events import Rating, encode_event, event_key
 from feedback.ingest import Ingester
 from feedback.settings import IngestSettings
 from feedback.store import FeedbackStore

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from feedback.events import (
+from core.events import (
     Comparison,
     Demonstration,
     Ranking,
@@ -15,7 +15,7 @@ from feedback.events import (
     encode_event,
     event_key,
 )
-from feedback.producer import FeedbackPublisher
+from core.producer import FeedbackPublisher
 from feedback.store import FeedbackStore
 from tests.fixtures.events import completion
 from tests.fixtures.kafka import produce_raw, read_topic, wait_for

@@ -8,8 +8,9 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from feedback.events import Demonstration, decode_event
-from feedback.producer import BrokerUnavailable, CompletionLogPublisher, FeedbackPublisher
+from core.errors import BrokerUnavailable
+from core.events import Demonstration, decode_event
+from core.producer import CompletionLogPublisher, FeedbackPublisher
 from tests.fixtures.events import completion
 from tests.fixtures.kafka import read_topic, wait_for
 

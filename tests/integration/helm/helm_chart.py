@@ -136,7 +136,7 @@ CRD_KINDS = {"ServiceMonitor", "Kafka", "KafkaNodePool", "KafkaTopic"}
 # Which settings tree each component's container reads, and the sub-command it runs.
 PROCESSES = {
     "serving": ("serving.settings", "ServeSettings", ["serve"]),
-    "ingester": ("feedback.settings", "IngestSettings", ["ingest"]),
+    "ingester": ("core.settings", "IngestSettings", ["ingest"]),
     "training": ("training.settings", "TrainSettings", ["train", "cycle"]),
     "deploy-controller": ("training.settings", "DeploySettings", ["deploy", "controller"]),
 }

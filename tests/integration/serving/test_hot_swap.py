@@ -10,10 +10,10 @@ import grpc
 import httpx
 import pytest
 
+from core.events import encode_event
+from core.registry import PolicyEvent, Registry
+from core.settings import KafkaSettings
 from feedback.broker import EmbeddedBroker
-from feedback.events import encode_event
-from feedback.registry import PolicyEvent, Registry
-from feedback.settings import KafkaSettings
 from protos.rlhf.v1 import inference_pb2 as pb
 from protos.rlhf.v1 import inference_pb2_grpc
 from tests.fixtures.kafka import produce_raw, read_topic, wait_for

@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from feedback.registry import Registry
+from core.registry import Registry
 from training.config import CONFIG_DIR
 
 REPO = Path(__file__).parents[3]

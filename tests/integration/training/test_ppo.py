@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from feedback.registry import Registry
+from core.registry import Registry
 from feedback.store import FeedbackStore
 from training.config import CONFIG_DIR, load_config
 from training.recipes import ppo, reward, sft

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from feedback.events import Comparison
+from core.events import Comparison
 from training.config import load_config
 from training.datasets import TrainingDataError
 from training.recipes import reward, sft

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect
 
-from feedback.events import Comparison, Demonstration, InvalidEvent, Ranking, Rating
+from core.events import Comparison, Demonstration, InvalidEvent, Ranking, Rating
 from feedback.store import FeedbackStore, PreferenceGroup
 from feedback.store.models import Base
 from tests.fixtures.events import completion

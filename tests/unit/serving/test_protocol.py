@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 from vllm.sampling_params import RequestOutputKind
 
-from serving.openai.protocol import ChatCompletionRequest, CompletionRequest
+from serving.protocol import ChatCompletionRequest, CompletionRequest
 
 
 def test_user_value_beats_server_default_beats_openai_default():

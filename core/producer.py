@@ -1,0 +1,285 @@
+"""Publishing events to Kafka: acknowledged feedback, and fire-and-forget completion logs.
+
+Two delivery contracts, two classes:
+
+* :class:`FeedbackPublisher` — the feedback API answers 202 only once the broker has
+  acknowledged, so ``publish`` waits for the ack (idempotent producer, ``acks=all``) and
+  raises :class:`BrokerUnavailable` within the configured timeout otherwise.
+* :class:`CompletionLogPublisher` — logging a completion must never slow a response, so
+  ``publish_nowait`` only appends to a bounded buffer that a background thread drains.
+  While the broker is down events wait; when the buffer is full the oldest are dropped,
+  and both are visible as metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from core.errors import BrokerUnavailable
+from core.events import EventBase, encode_event, event_key
+from core.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(kafka: KafkaSettings) -> KafkaProducer:
+    """An idempotent ``acks=all`` producer whose every wait is bounded by the timeout.
+
+    Raises KafkaError (NoBrokersAvailable, KafkaTimeoutError) when no broker answers.
+    """
+    timeout_ms = kafka.request_timeout_ms
+    return KafkaProducer(
+        **kafka.client_kwargs(),
+        enable_idempotence=True,
+        acks="all",
+        request_timeout_ms=timeout_ms,
+        delivery_timeout_ms=timeout_ms * 2,
+        max_block_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+        reconnect_backoff_max_ms=1000,
+        linger_ms=0,
+    )
+
+
+def _close_quietly(producer: KafkaProducer | None) -> None:
+    """Drop a producer whose state may be stale (broker gone, or replaced by a new one)."""
+    if producer is None:
+        return
+    try:
+        producer.close(timeout=0)
+    except Exception:  # noqa: BLE001 - closing a broken producer must not raise
+        log.debug("closing producer failed", exc_info=True)
+
+
+class FeedbackPublisher:
+    """Publishes feedback and returns only after the broker acknowledged it.
+
+    The producer is built lazily and rebuilt after any failure, so a server that started
+    while the broker was down recovers on its own once the broker is back.
+    """
+
+    def __init__(self, kafka: KafkaSettings):
+        self._kafka = kafka
+        self._timeout_s = kafka.request_timeout_ms / 1000
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+        self._failed_at = float("-inf")
+
+    async def publish(self, topic: str, event: EventBase) -> None:
+        """Send one event and wait for its ack; BrokerUnavailable within the timeout."""
+        await self.publish_batch(topic, [event])
+
+    async def publish_batch(self, topic: str, events: Sequence[EventBase]) -> None:
+        """Send events and wait until all are acknowledged (the batch API's 202)."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._send_and_wait, topic, events),
+                                   timeout=self._timeout_s * 2 + 1)
+        except TimeoutError:
+            self._reset()
+            raise BrokerUnavailable(f"no ack from Kafka within {self._timeout_s:.1f}s") from None
+
+    def _send_and_wait(self, topic: str, events: Sequence[EventBase]) -> None:
+        """Blocking core of publish: every wait is bounded by the settings' timeout."""
+        try:
+            producer = self._get_producer()
+            futures = [producer.send(topic, key=event_key(e), value=encode_event(e))
+                       for e in events]
+            deadline = time.monotonic() + self._timeout_s
+            for f in futures:
+                f.get(timeout=max(0.0, deadline - time.monotonic()))
+        except KafkaError as e:
+            self._reset()
+            raise BrokerUnavailable(f"Kafka at {self._kafka.bootstrap_servers}: {e}") from e
+
+    def _get_producer(self) -> KafkaProducer:
+        """The shared producer, built on first use.
+
+        Calls that queued behind a build that failed fail at once instead of each trying
+        again in turn, so N concurrent requests still answer within one timeout.
+        """
+        asked_at = time.monotonic()
+        with self._lock:
+            if self._producer is None:
+                if self._failed_at > asked_at:
+                    raise BrokerUnavailable(
+                        f"Kafka at {self._kafka.bootstrap_servers} is unreachable")
+                try:
+                    self._producer = make_producer(self._kafka)
+                except KafkaError:
+                    self._failed_at = time.monotonic()
+                    raise
+            return self._producer
+
+    def _reset(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        _close_quietly(producer)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush and close the producer, if one was built."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=timeout)
+            except KafkaError:
+                log.warning("closing the feedback producer failed", exc_info=True)
+
+
+class _LogMetrics:
+    """The completion log's metrics, created once per prometheus registry."""
+
+    _by_registry: dict[int, _LogMetrics] = {}
+
+    def __init__(self, registry: CollectorRegistry):
+        self.buffered = Gauge("rlhf:events_buffered", "Events waiting to be sent to Kafka.",
+                              ["topic"], registry=registry)
+        self.dropped = Counter("rlhf:events_dropped", "Events dropped because the buffer "
+                               "was full.", ["topic"], registry=registry)
+        self.published = Counter("rlhf:events_published", "Events acknowledged by Kafka.",
+                                 ["topic"], registry=registry)
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> _LogMetrics:
+        if id(registry) not in cls._by_registry:
+            cls._by_registry[id(registry)] = cls(registry)
+        return cls._by_registry[id(registry)]
+
+
+class CompletionLogPublisher:
+    """Logs completions without ever blocking the caller.
+
+    ``publish_nowait`` appends to a bounded buffer; a daemon thread sends batches and
+    removes them only once acknowledged. A failed batch goes back to the front of the
+    buffer and the producer is rebuilt, so a restarted broker is picked up. Redelivery
+    after a failure may duplicate an event; the store deduplicates on ``event_id``.
+    """
+
+    def __init__(self, kafka: KafkaSettings, buffer_size: int = 10_000,
+                 registry: CollectorRegistry | None = None, topic: str | None = None,
+                 batch_size: int = 500, retry_backoff_s: float = 0.5):
+        self._kafka = kafka
+        self.topic = topic or kafka.topics.completions
+        self._capacity = buffer_size
+        self._buffer: collections.deque[EventBase] = collections.deque()
+        self._inflight = 0
+        self._batch_size = batch_size
+        self._backoff_s = retry_backoff_s
+        self._cond = threading.Condition()
+        self._closing = False
+        self._producer: KafkaProducer | None = None
+        self._metrics = _LogMetrics.of(registry or REGISTRY)
+        self._thread = threading.Thread(target=self._drain_forever, name="completion-log",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def buffered(self) -> int:
+        """Events accepted but not yet acknowledged."""
+        with self._cond:
+            return len(self._buffer) + self._inflight
+
+    def publish_nowait(self, event: EventBase) -> None:
+        """Queue an event; drops (and counts) the oldest one if the buffer is full."""
+        with self._cond:
+            self._buffer.append(event)
+            self._trim()
+            self._update_gauge()
+            self._cond.notify()
+
+    def _trim(self) -> None:
+        """Keep at most ``capacity`` events waiting, counting the ones dropped."""
+        over = len(self._buffer) + self._inflight - self._capacity
+        for _ in range(min(over, len(self._buffer))):
+            self._buffer.popleft()
+            self._metrics.dropped.labels(self.topic).inc()
+
+    def _update_gauge(self) -> None:
+        self._metrics.buffered.labels(self.topic).set(len(self._buffer) + self._inflight)
+
+    def _take_batch(self) -> list[EventBase]:
+        """Wait for events and move up to batch_size of them to in-flight."""
+        with self._cond:
+            while not self._buffer and not self._closing:
+                self._cond.wait()
+            batch = [self._buffer.popleft()
+                     for _ in range(min(self._batch_size, len(self._buffer)))]
+            self._inflight = len(batch)
+            return batch
+
+    def _finish_batch(self, batch: list[EventBase], ok: bool) -> None:
+        with self._cond:
+            self._inflight = 0
+            if ok:
+                self._metrics.published.labels(self.topic).inc(len(batch))
+            else:
+                self._buffer.extendleft(reversed(batch))
+                self._trim()
+            self._update_gauge()
+            self._cond.notify_all()
+
+    def _drain_forever(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return  # closing and nothing left
+            ok = self._send(batch)
+            self._finish_batch(batch, ok)
+            if not ok:
+                with self._cond:
+                    if self._closing:
+                        return
+                    self._cond.wait(self._backoff_s)
+
+    def _send(self, batch: list[EventBase]) -> bool:
+        """Send one batch and wait for all acks; False (and a fresh producer next) on error."""
+        try:
+            if self._producer is None:
+                self._producer = make_producer(self._kafka)
+            futures = [self._producer.send(self.topic, key=event_key(e), value=encode_event(e))
+                       for e in batch]
+            deadline = time.monotonic() + self._kafka.request_timeout_ms / 1000
+            for f in futures:
+                f.get(timeout=max(0.0, deadline - time.monotonic()))
+            return True
+        except KafkaError as e:
+            log.warning("completion log: Kafka unavailable (%s); %d events buffered",
+                        e, self.buffered)
+            _close_quietly(self._producer)
+            self._producer = None
+            return False
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the buffer is empty; True if it emptied within the timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._buffer or self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Try to deliver what is buffered within ``timeout``, then stop the thread."""
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            if not flushed:
+                dropped = len(self._buffer)
+                self._buffer.clear()
+                self._metrics.dropped.labels(self.topic).inc(dropped)
+                log.warning("completion log closed with %d events undelivered", dropped)
+            self._cond.notify_all()
+        self._thread.join(timeout=self._kafka.request_timeout_ms / 1000 * 2 + 1)
+        _close_quietly(self._producer)
+        self._producer = None

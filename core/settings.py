@@ -1,0 +1,103 @@
+"""Settings sections shared by every process, and the base every settings tree uses.
+
+Each process has one pydantic-settings tree read from ``RLHF_…`` environment variables,
+with ``__`` separating nested sections (``RLHF_KAFKA__BOOTSTRAP_SERVERS``). The Helm
+chart maps its values onto exactly these variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RLHF_"
+
+
+class ProcessSettings(BaseSettings):
+    """Base of every process's settings tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
+        validate_default=True,
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the process.")
+
+
+class TopicSettings(BaseModel):
+    """Kafka topic names and partition counts (partitions only matter when we create them)."""
+
+    completions: str = Field("rlhf.completions", description="Every served generation.")
+    feedback: str = Field("rlhf.feedback", description="Rankings, comparisons, ratings, demos.")
+    dlq: str = Field("rlhf.feedback.dlq", description="Events that failed to parse or validate.")
+    policy: str = Field("rlhf.policy", description="Candidate, promote and rollback events.")
+    partitions: int = Field(3, ge=1, description="Partitions for topics we create.")
+    replication_factor: int = Field(1, ge=1, description="Replication for topics we create.")
+
+
+class KafkaSettings(BaseModel):
+    """How every process reaches Kafka (``RLHF_KAFKA__…``)."""
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol.")
+    sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. SCRAM-SHA-512.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: str | None = Field(None, description="SASL password.")
+    ssl_cafile: str | None = Field(None, description="CA bundle for SSL connections.")
+    request_timeout_ms: int = Field(
+        5000, ge=100, description="How long a produce may wait for the broker's ack.")
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not [s for s in v.split(",") if s.strip()]:
+            raise ValueError("RLHF_KAFKA__BOOTSTRAP_SERVERS must list at least one host:port")
+        return v
+
+    def client_kwargs(self) -> dict:
+        """Keyword arguments common to kafka-python's producer, consumer and admin."""
+        kw: dict = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",")],
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw.update(sasl_mechanism=self.sasl_mechanism,
+                      sasl_plain_username=self.sasl_username,
+                      sasl_plain_password=self.sasl_password)
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = self.ssl_cafile
+        return kw
+
+
+class DatabaseSettings(BaseModel):
+    """The feedback store (``RLHF_DATABASE__…``). SQLite locally, PostgreSQL in production."""
+
+    url: str = Field("sqlite:///rlhf-home/feedback.db",
+                     description="SQLAlchemy URL of the feedback store.")
+    echo: bool = Field(False, description="Log every SQL statement.")
+
+
+class RegistrySettings(BaseModel):
+    """Where model versions live (``RLHF_REGISTRY__…``)."""
+
+    root: Path = Field(Path("rlhf-home/registry"),
+                       description="Directory of immutable model versions (a RWX volume in k8s).")
+
+
+
+
+class AuthSettings(BaseModel):
+    """API keys and their roles (``RLHF_AUTH__…``). No keys configured means open access."""
+
+    keys: dict[str, Literal["user", "labeler", "admin"]] = Field(
+        default_factory=dict,
+        description='API key → role, as JSON: {"sk-abc": "labeler"}.')
+    keys_file: Path | None = Field(
+        None, description="A JSON or YAML file mapping API keys to roles.")

@@ -1,0 +1,76 @@
+"""The deploy controller's settings tree (``rlhf deploy …``) and its promotion gates."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+
+from core.settings import (
+    AuthSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    ProcessSettings,
+    RegistrySettings,
+)
+
+
+class GateSettings(BaseModel):
+    """Promotion gates (``RLHF_GATES__…``): a candidate is compared with the live policy.
+
+    Both policies answer the same held-out prompts from recent traffic with the same
+    sampling seed; the reward model judges both answers. Rewards are in the reward
+    model's normalised units (demonstrations score 0 on average).
+    """
+
+    min_reward_improvement: float = Field(
+        0.01, description="Candidate mean reward minus live mean reward must be at least "
+                          "this; > 0 means a copy of the live policy does not pass.")
+    max_kl: float = Field(
+        10.0, gt=0, description="Budget for KL(candidate‖reference) in nats per response "
+                                "(mean over candidate samples of Σ_t log π_cand − log π_ref).")
+    max_length_drift: float = Field(
+        0.5, ge=0, description="Bound on |mean candidate length / mean live length − 1| "
+                               "(tokens); a long-answer drift is a common reward hack.")
+    min_win_rate: float = Field(
+        0.5, ge=0, le=1, description="Share of prompts where the reward model prefers the "
+                                     "candidate's answer (ties count half).")
+    num_prompts: int = Field(
+        32, ge=1, description="Held-out prompts: the newest distinct traffic prompts, "
+                              "topped up from a packaged fallback list.")
+    max_new_tokens: int = Field(48, ge=1, description="Most tokens per sampled answer.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (1 = the policy).")
+    seed: int = Field(0, description="Sampling seed; the same for candidate and live.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generate/score batch.")
+    max_prompt_tokens: int = Field(
+        256, ge=8, description="Prompts are cut to their last this many tokens.")
+    reward_model: str | None = Field(
+        None, description="Reward version that judges; None = the newest reward version.")
+    reference: str | None = Field(
+        None, description="Policy the KL is measured against; None = the candidate's "
+                          "manifest config `reference`, else its parent, else the live one.")
+    device: str = Field("cpu", description="torch device for the gate models, e.g. cuda.")
+
+
+class DeploySettings(ProcessSettings):
+    """Everything ``rlhf deploy …`` (the deploy controller) reads."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    auto_promote: bool = Field(False, description="Promote candidates that pass every gate.")
+    gates: GateSettings = Field(default_factory=GateSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    host: str = Field("0.0.0.0", description="Bind address of the controller's admin API.")
+    port: int = Field(8300, ge=0, le=65535, description="Port of the admin API (/v1/deploy).")
+    group_id: str = Field(
+        "rlhf-deploy", description="Kafka consumer group of the controller on rlhf.policy.")
+    poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for events.")
+    session_timeout_ms: int = Field(10000, ge=1000, description="Consumer group session timeout.")
+    max_poll_interval_ms: int = Field(
+        600000, ge=1000, description="Longest gap between polls; gate runs happen between "
+                                     "polls, so this bounds one gate evaluation.")
+
+    @model_validator(mode="after")
+    def _poll_within_session(self) -> DeploySettings:
+        if self.poll_timeout_ms >= self.session_timeout_ms:
+            raise ValueError("RLHF_POLL_TIMEOUT_MS must be below RLHF_SESSION_TIMEOUT_MS")
+        return self
