@@ -30,7 +30,7 @@ with all rounds pooled (total comparisons over total seconds) beside it. CPU mil
 per comparison cover the whole call (model load, training, saving; ours also computes its
 bias and registers the version) and move less than wall time under contention.
 
-Target (issue 5): ours ≥ 2× TRL's comparisons/s at equal or better held-out accuracy
+Target: ours ≥ 2× TRL's comparisons/s at equal or better held-out accuracy
 (equal meaning within ``--accuracy-tolerance``).
 """
 

@@ -7,8 +7,6 @@ shape (:func:`core.errors.error_body`), and all take the caller from
 importable by processes that have no HTTP API (the ingester).
 """
 
-from __future__ import annotations
-
 import logging
 import math
 from collections.abc import Callable, Collection

@@ -1,4 +1,4 @@
-"""The ``rlhf`` command: one sub-command per process (see ARCHITECTURE.md).
+"""The ``rlhf`` command: one sub-command per process (see docs/architecture.md).
 
 This module only wires the process families together; each family owns its commands.
 """

@@ -136,9 +136,9 @@ CRD_KINDS = {"ServiceMonitor", "Kafka", "KafkaNodePool", "KafkaTopic"}
 # Which settings tree each component's container reads, and the sub-command it runs.
 PROCESSES = {
     "serving": ("serving.settings", "ServeSettings", ["serve"]),
-    "ingester": ("core.settings", "IngestSettings", ["ingest"]),
+    "ingester": ("feedback.settings", "IngestSettings", ["ingest"]),
     "training": ("training.settings", "TrainSettings", ["train", "cycle"]),
-    "deploy-controller": ("training.settings", "DeploySettings", ["deploy", "controller"]),
+    "deploy-controller": ("deploy.settings", "DeploySettings", ["deploy", "controller"]),
 }
 
 

@@ -1,0 +1,56 @@
+"""gRPC conversion: protobuf in, the same pydantic requests HTTP validates, protobuf out."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from protos.rlhf.v1 import inference_pb2 as pb
+from serving import protocol as p
+from serving.grpc import convert
+
+
+def test_a_prompt_becomes_a_completion_request() -> None:
+    msg = pb.GenerateRequest(prompt="Describe the ocean.", user="u1")
+    msg.sampling.max_tokens = 5
+    msg.sampling.temperature = 0.0
+    msg.sampling.stop.extend(["\n"])
+    req = convert.to_request(msg, stream=False)
+    assert isinstance(req, p.CompletionRequest)
+    assert (req.prompt, req.max_tokens, req.temperature, req.stop, req.user) == \
+        ("Describe the ocean.", 5, 0.0, ["\n"], "u1")
+    assert req.top_p == p.CompletionRequest(prompt="x").top_p  # unset → the API default
+
+
+def test_token_ids_and_messages() -> None:
+    ids = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2, 3]))
+    assert convert.to_request(ids, stream=False).prompt == [1, 2, 3]
+    chat = pb.GenerateRequest(messages=pb.ChatMessages(
+        messages=[pb.ChatMessage(role="user", content="hi")]))
+    chat.sampling.logprobs = 2
+    req = convert.to_request(chat, stream=True)
+    assert isinstance(req, p.ChatCompletionRequest)
+    assert [m.content for m in req.messages] == ["hi"]
+    assert (req.logprobs, req.top_logprobs, req.stream) == (True, 2, True)
+    assert req.stream_options is not None and req.stream_options.include_usage
+
+
+def test_invalid_values_fail_validation_naming_the_field() -> None:
+    msg = pb.GenerateRequest(prompt="hi")
+    msg.sampling.temperature = -1.0
+    with pytest.raises(ValidationError, match="temperature"):
+        convert.to_request(msg, stream=False)
+
+
+def test_a_response_round_trips_into_protobuf() -> None:
+    response = p.CompletionResponse(
+        id="cmpl-1", model="tiny", policy_version="policy-0003",
+        choices=[p.CompletionChoice(index=0, text="good", finish_reason="stop"),
+                 p.CompletionChoice(index=1, text="bad", finish_reason=None)],
+        usage=p.UsageInfo(prompt_tokens=3, completion_tokens=2, total_tokens=5))
+    out = convert.to_response(response)
+    assert (out.request_id, out.model, out.policy_version) == ("cmpl-1", "tiny", "policy-0003")
+    assert [(c.index, c.text, c.finish_reason) for c in out.choices] == \
+        [(0, "good", "stop"), (1, "bad", "")]
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.total_tokens) == \
+        (3, 2, 5)
