@@ -55,3 +55,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) rlhf-demo
+
+# Container image the Helm chart runs: ghcr.io/rlhf-platform/rlhf:<Chart appVersion> (CPU build),
+# built daemonless with buildah (no registry needed: the base comes from debootstrap).
+# Not part of `make test`. `images/build.sh cuda` builds the GPU image (<appVersion>-cuda).
+.PHONY: image image-test
+image:
+	images/build.sh cpu
+
+# Runs the built image: `rlhf --help`, then `rlhf serve` on the tiny model until /health is 200.
+image-test:
+	images/smoke.sh

@@ -9,6 +9,10 @@ to the dead-letter topic.
 The feedback models double as the API's request bodies: ``source`` defaults to
 ``"user"`` and the server overwrites it from the caller's API key
 (``event.model_copy(update={"source": role})``); it is never trusted from the body.
+
+Every value is bounded to what the feedback store can hold (see "Bounds" below), so an
+event that validates always fits its columns: the API answers 422 naming the field, and
+the ingester dead-letters instead of failing a database write.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +40,77 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
 Source = Literal["user", "labeler", "admin"]
+
+# ---------------------------------------------------------------------------------------
+# Bounds: the one definition of what the store can hold. feedback/store/models.py sizes its
+# columns from these constants, and a unit test compares every column with its field.
+# ---------------------------------------------------------------------------------------
+
+MAX_INT = 2**31 - 1
+"""Integer columns are 32-bit on PostgreSQL: token counts and every other stored int."""
+MAX_EVENT_ID_CHARS = 128
+"""``event_id`` (the deduplication key)."""
+MAX_NAME_CHARS = 256
+"""request_id, policy_version, model, user and submitted_by."""
+MAX_FINISH_REASON_CHARS = 32
+MAX_TEXT_CHARS = 1_000_000
+"""Each prompt, response, choice text: one million characters (Text columns)."""
+MAX_COMMENT_CHARS = 10_000
+MAX_CHOICES = 1024
+"""Most choices in a completion or entries in a ranking; indices are below it, ranks at
+most it (OpenAI's ``n`` is at most 128, so this is a sanity bound, not a product limit)."""
+MAX_RANK = MAX_CHOICES
+MAX_JSON_CHARS = 1_000_000
+"""``messages`` and ``sampling_params``: at most this many characters as JSON."""
+MAX_JSON_DEPTH = 32
+
+
+def _no_nul(v: str) -> str:
+    """PostgreSQL cannot store NUL in text; reject it at validation, naming the field."""
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters (\\x00)")
+    return v
+
+
+def _json_safe(value: Any, depth: int = 0) -> None:
+    """Plain JSON that both stores can hold: no NUL, finite floats, bounded nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite (no NaN or infinity)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError("object keys must be strings")
+            _no_nul(k)
+            _json_safe(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _json_safe(v, depth + 1)
+    elif value is not None and not isinstance(value, (bool, int)):
+        raise ValueError(f"{type(value).__name__} is not a JSON value")
+
+
+def _bounded_json(value: Any) -> Any:
+    if value is not None:
+        _json_safe(value)
+        if len(json.dumps(value, ensure_ascii=False)) > MAX_JSON_CHARS:
+            raise ValueError(f"must be at most {MAX_JSON_CHARS} characters as JSON")
+    return value
+
+
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_no_nul)]
+RequestId = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS),
+                      AfterValidator(_no_nul)]
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+ChoiceIndex = Annotated[int, Field(ge=0, lt=MAX_CHOICES)]
+Rank = Annotated[int, Field(ge=1, le=MAX_RANK)]
+JsonMessages = Annotated[list[dict[str, Any]], AfterValidator(_bounded_json)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_json)]
 
 
 class InvalidEvent(Exception):
@@ -58,11 +134,11 @@ class EventBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(
-        default_factory=_new_event_id, min_length=1, max_length=128,
+    event_id: Annotated[str, AfterValidator(_no_nul)] = Field(
+        default_factory=_new_event_id, min_length=1, max_length=MAX_EVENT_ID_CHARS,
         description="Idempotency key: resubmitting the same event_id is stored once.")
     schema_version: int = Field(
-        SCHEMA_VERSION, ge=1, description="Version of this event's schema.")
+        SCHEMA_VERSION, ge=1, le=MAX_INT, description="Version of this event's schema.")
     created_at: datetime = Field(
         default_factory=_utc_now, description="When the event was created (UTC).")
 
@@ -70,7 +146,10 @@ class EventBase(BaseModel):
     @classmethod
     def _aware_utc(cls, v: datetime) -> datetime:
         """Naive timestamps are taken as UTC so that stored times compare correctly."""
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        try:
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -80,31 +159,38 @@ class EventBase(BaseModel):
 class CompletionChoice(BaseModel):
     """One of the ``n`` generations of a completion."""
 
-    index: int = Field(ge=0, description="Position of this choice in the response.")
-    text: str = Field(description="The generated text.")
-    finish_reason: str | None = Field(None, description="Why generation stopped.")
-    completion_tokens: int = Field(0, ge=0, description="Tokens generated for this choice.")
+    index: ChoiceIndex = Field(description="Position of this choice in the response.")
+    text: Text = Field(description="The generated text.")
+    finish_reason: Annotated[str, Field(max_length=MAX_FINISH_REASON_CHARS),
+                             AfterValidator(_no_nul)] | None = Field(
+        None, description="Why generation stopped.")
+    completion_tokens: Count = Field(0, description="Tokens generated for this choice.")
 
 
 class CompletionRecord(EventBase):
     """Every served generation, logged with the policy version that produced it."""
 
     type: Literal["completion"] = Field("completion", description="Event type.")
-    request_id: str = Field(min_length=1, description="Id returned to the client.")
-    policy_version: str = Field(min_length=1, description="Policy version that answered.")
-    model: str = Field(description="Model name the client asked for.")
+    request_id: RequestId = Field(description="Id returned to the client.")
+    policy_version: RequestId = Field(description="Policy version that answered.")
+    model: Name = Field(description="Model name the client asked for.")
     endpoint: Literal["completions", "chat.completions"] = Field(
         description="Which OpenAI-compatible endpoint served the request.")
-    prompt: str = Field(description="The rendered prompt text (chat requests too).")
-    messages: list[dict[str, Any]] | None = Field(
+    prompt: Text = Field(description="The rendered prompt text (chat requests too).")
+    messages: JsonMessages | None = Field(
         None, description="Chat messages as sent, for chat requests.")
     choices: list[CompletionChoice] = Field(
-        min_length=1, description="All n choices of the response.")
-    sampling_params: dict[str, Any] = Field(
+        min_length=1, max_length=MAX_CHOICES, description="All n choices of the response.")
+    sampling_params: JsonObject = Field(
         default_factory=dict, description="Sampling parameters used for generation.")
-    prompt_tokens: int = Field(0, ge=0, description="Tokens in the prompt.")
-    completion_tokens: int = Field(0, ge=0, description="Tokens generated over all choices.")
-    user: str | None = Field(None, description="Identity of the caller.")
+    prompt_tokens: Count = Field(0, description="Tokens in the prompt.")
+    completion_tokens: Count = Field(0, description="Tokens generated over all choices.")
+    user: Name | None = Field(None, description="Identity of the caller.")
+    purpose: Literal["train", "eval"] = Field(
+        "train", description="train: may become PPO prompts and labeling data; eval: "
+        "evaluation traffic, never trained on")
+    client_request_id: Name | None = Field(
+        None, description="The caller's own X-Request-Id (a correlation id; never a key).")
 
     @field_validator("choices")
     @classmethod
@@ -124,8 +210,8 @@ class FeedbackBase(EventBase):
 
     source: Source = Field(
         "user", description="Role of the submitter; set by the server from the API key.")
-    submitted_by: str | None = Field(
-        None, max_length=256, description="Identity of the submitter, if known.")
+    submitted_by: Name | None = Field(
+        None, description="Identity of the submitter, if known.")
 
 
 def _check_reference(request_id: str | None, by_ref: bool, by_text: bool,
@@ -142,15 +228,18 @@ class Ranking(FeedbackBase):
     """A ranking of K >= 2 responses to one prompt; rank 1 is best, equal ranks are ties."""
 
     type: Literal["ranking"] = Field("ranking", description="Event type.")
-    request_id: str | None = Field(
-        None, min_length=1, description="Completion whose choices are ranked.")
-    choices: list[int] | None = Field(
-        None, min_length=2, description="Indices of the ranked choices of that completion.")
-    prompt: str | None = Field(None, description="The prompt, when ranking own texts.")
-    responses: list[str] | None = Field(
-        None, min_length=2, description="The ranked responses, when ranking own texts.")
-    ranks: list[int] = Field(
-        min_length=2, description="Rank of each choice/response, same order; 1 = best.")
+    request_id: RequestId | None = Field(
+        None, description="Completion whose choices are ranked.")
+    choices: list[ChoiceIndex] | None = Field(
+        None, min_length=2, max_length=MAX_CHOICES,
+        description="Indices of the ranked choices of that completion.")
+    prompt: Text | None = Field(None, description="The prompt, when ranking own texts.")
+    responses: list[Text] | None = Field(
+        None, min_length=2, max_length=MAX_CHOICES,
+        description="The ranked responses, when ranking own texts.")
+    ranks: list[Rank] = Field(
+        min_length=2, max_length=MAX_CHOICES,
+        description=f"Rank of each choice/response, same order; 1 = best, at most {MAX_RANK}.")
 
     @field_validator("choices")
     @classmethod
@@ -184,13 +273,13 @@ class Comparison(FeedbackBase):
     """A pairwise preference between two choices of one completion, or two own texts."""
 
     type: Literal["comparison"] = Field("comparison", description="Event type.")
-    request_id: str | None = Field(
-        None, min_length=1, description="Completion whose choices are compared.")
-    choice_a: int | None = Field(None, ge=0, description="Index of choice A.")
-    choice_b: int | None = Field(None, ge=0, description="Index of choice B.")
-    prompt: str | None = Field(None, description="The prompt, when comparing own texts.")
-    text_a: str | None = Field(None, description="Response A, when comparing own texts.")
-    text_b: str | None = Field(None, description="Response B, when comparing own texts.")
+    request_id: RequestId | None = Field(
+        None, description="Completion whose choices are compared.")
+    choice_a: ChoiceIndex | None = Field(None, description="Index of choice A.")
+    choice_b: ChoiceIndex | None = Field(None, description="Index of choice B.")
+    prompt: Text | None = Field(None, description="The prompt, when comparing own texts.")
+    text_a: Text | None = Field(None, description="Response A, when comparing own texts.")
+    text_b: Text | None = Field(None, description="Response B, when comparing own texts.")
     preferred: Literal["a", "b", "tie"] = Field(description="Which response is better.")
 
     @field_validator("choice_b")
@@ -213,13 +302,16 @@ class Rating(FeedbackBase):
     """A scalar score of one response, with an optional comment."""
 
     type: Literal["rating"] = Field("rating", description="Event type.")
-    request_id: str | None = Field(
-        None, min_length=1, description="Completion whose choice is rated.")
-    choice: int | None = Field(None, ge=0, description="Index of the rated choice.")
-    prompt: str | None = Field(None, description="The prompt, when rating an own text.")
-    response: str | None = Field(None, description="The response, when rating an own text.")
-    score: float = Field(description="The score; the scale is the deployment's convention.")
-    comment: str | None = Field(None, max_length=10_000, description="Free-text comment.")
+    request_id: RequestId | None = Field(
+        None, description="Completion whose choice is rated.")
+    choice: ChoiceIndex | None = Field(None, description="Index of the rated choice.")
+    prompt: Text | None = Field(None, description="The prompt, when rating an own text.")
+    response: Text | None = Field(None, description="The response, when rating an own text.")
+    score: float = Field(description="The score (finite); the scale is the deployment's "
+                         "convention.")
+    comment: Annotated[str, Field(max_length=MAX_COMMENT_CHARS),
+                       AfterValidator(_no_nul)] | None = Field(
+        None, description="Free-text comment.")
 
     @field_validator("score")
     @classmethod
@@ -240,12 +332,12 @@ class Demonstration(FeedbackBase):
     """A prompt with the ideal response, written by a labeler (SFT and ptx data)."""
 
     type: Literal["demonstration"] = Field("demonstration", description="Event type.")
-    prompt: str | None = Field(None, description="The prompt text.")
-    messages: list[dict[str, Any]] | None = Field(
+    prompt: Text | None = Field(None, description="The prompt text.")
+    messages: JsonMessages | None = Field(
         None, min_length=1, description="The prompt as chat messages, instead of prompt.")
-    response: str = Field(min_length=1, description="The ideal response.")
-    request_id: str | None = Field(
-        None, min_length=1, description="Completion this demonstration answers, if any.")
+    response: Text = Field(min_length=1, description="The ideal response.")
+    request_id: RequestId | None = Field(
+        None, description="Completion this demonstration answers, if any.")
 
     @model_validator(mode="after")
     def _has_prompt(self) -> Demonstration:
@@ -289,6 +381,19 @@ def event_key(event: EventBase) -> bytes:
     return (getattr(event, "request_id", None) or event.event_id).encode()
 
 
+def event_headers(event: EventBase) -> list[tuple[str, bytes]]:
+    """Kafka headers that let a consumer route a message without parsing it.
+
+    ``rlhf-event-type`` is the event's ``type`` (``ranking``, ``completion``, ``promote``
+    …; docs/events.md maps each to its schema), ``rlhf-schema-version`` its
+    ``schema_version``, and ``content-type`` is ``application/json``. The body stays the
+    contract: a consumer that ignores headers loses nothing.
+    """
+    return [("rlhf-event-type", str(getattr(event, "type", "")).encode()),
+            ("rlhf-schema-version", str(event.schema_version).encode()),
+            ("content-type", b"application/json")]
+
+
 def decode_event(raw: bytes, as_type: Any = None) -> Any:
     """Decode an event, or raise InvalidEvent saying why (bad JSON, type, fields, version).
 
@@ -297,20 +402,27 @@ def decode_event(raw: bytes, as_type: Any = None) -> Any:
     """
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidEvent(f"not JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise InvalidEvent(f"not JSON: {str(e)[:200]}") from None
     if not isinstance(data, dict):
         raise InvalidEvent("event must be a JSON object")
     version = data.get("schema_version", SCHEMA_VERSION)
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise InvalidEvent(f"unsupported schema_version {version!r}; "
+    if not isinstance(version, int) or version not in SUPPORTED_SCHEMA_VERSIONS:
+        shown = version if isinstance(version, int) else repr(str(version)[:40])
+        raise InvalidEvent(f"unsupported schema_version {shown}; "
                            f"this build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+    # A completion or feedback message must carry its idempotency key: minting one here
+    # would store a producer's retry twice. (Python constructors still default it.)
+    missing_id = as_type is None and "event_id" not in data
     try:
-        if as_type is not None:
-            return as_type.model_validate(data)
-        return _event_adapter.validate_python(data)
+        event = (as_type.model_validate(data) if as_type is not None
+                 else _event_adapter.validate_python(data))
     except ValidationError as e:
-        raise InvalidEvent(describe_validation_error(e)) from None
+        reason = describe_validation_error(e)
+        raise InvalidEvent(f"missing event_id; {reason}" if missing_id else reason) from None
+    if missing_id:
+        raise InvalidEvent("missing event_id")
+    return event
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -8,7 +8,13 @@ Two delivery contracts, two classes:
 * :class:`CompletionLogPublisher` — logging a completion must never slow a response, so
   ``publish_nowait`` only appends to a bounded buffer that a background thread drains.
   While the broker is down events wait; when the buffer is full the oldest are dropped,
-  and both are visible as metrics.
+  and both are visible as metrics. A record Kafka can never accept (larger than
+  ``MAX_REQUEST_BYTES``, or refused by the broker as too large) is dropped and counted
+  (``rlhf:events_rejected_total{reason="too_large"}``) instead of being retried forever
+  at the head of the buffer.
+
+Feedback too large for Kafka raises :class:`RecordTooLarge` (never BrokerUnavailable: a
+retry cannot succeed); callers check :func:`fits` first to refuse it before sending.
 """
 
 from __future__ import annotations
@@ -19,16 +25,41 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from core.errors import BrokerUnavailable
-from core.events import EventBase, encode_event, event_key
+from core.events import EventBase, encode_event, event_headers, event_key
 from core.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1 << 20
+"""The producers' ``max_request_size`` (kafka-python's and Kafka's default, 1 MiB)."""
+_RECORD_OVERHEAD = 256  # batch and record framing, generously (kafka-python: < 100 bytes)
+
+
+class RecordTooLarge(Exception):
+    """An event Kafka will never accept; ``index`` is its position in the batch sent."""
+
+    def __init__(self, index: int, size: int, reason: str = ""):
+        super().__init__(f"event {index} is {size} bytes; Kafka accepts at most "
+                         f"{MAX_REQUEST_BYTES} {reason}".rstrip())
+        self.index, self.size = index, size
+
+
+def record_size(event: EventBase) -> int:
+    """An upper bound of the bytes ``event`` takes in a produce request."""
+    headers = sum(len(k) + len(v) for k, v in event_headers(event))
+    return len(event_key(event)) + len(encode_event(event)) + headers + _RECORD_OVERHEAD
+
+
+def fits(event: EventBase) -> bool:
+    """Whether the producer can send ``event`` at all."""
+    return record_size(event) <= MAX_REQUEST_BYTES
 
 
 def make_producer(kafka: KafkaSettings) -> KafkaProducer:
@@ -47,6 +78,7 @@ def make_producer(kafka: KafkaSettings) -> KafkaProducer:
         bootstrap_timeout_ms=timeout_ms,
         reconnect_backoff_max_ms=1000,
         linger_ms=0,
+        max_request_size=MAX_REQUEST_BYTES,
     )
 
 
@@ -79,7 +111,10 @@ class FeedbackPublisher:
         await self.publish_batch(topic, [event])
 
     async def publish_batch(self, topic: str, events: Sequence[EventBase]) -> None:
-        """Send events and wait until all are acknowledged (the batch API's 202)."""
+        """Send events and wait until all are acknowledged (the batch API's 202).
+
+        Raises BrokerUnavailable (retry later) or RecordTooLarge (never retry).
+        """
         try:
             await asyncio.wait_for(asyncio.to_thread(self._send_and_wait, topic, events),
                                    timeout=self._timeout_s * 2 + 1)
@@ -89,13 +124,19 @@ class FeedbackPublisher:
 
     def _send_and_wait(self, topic: str, events: Sequence[EventBase]) -> None:
         """Blocking core of publish: every wait is bounded by the settings' timeout."""
+        index = 0
         try:
             producer = self._get_producer()
-            futures = [producer.send(topic, key=event_key(e), value=encode_event(e))
-                       for e in events]
+            futures = []
+            for index in range(len(events)):
+                e = events[index]
+                futures.append(producer.send(topic, key=event_key(e), value=encode_event(e),
+                                             headers=event_headers(e)))
             deadline = time.monotonic() + self._timeout_s
-            for f in futures:
-                f.get(timeout=max(0.0, deadline - time.monotonic()))
+            for index in range(len(futures)):
+                futures[index].get(timeout=max(0.0, deadline - time.monotonic()))
+        except MessageSizeTooLargeError as e:  # the producer is fine; the event is not
+            raise RecordTooLarge(index, record_size(events[index]), f"({e})") from e
         except KafkaError as e:
             self._reset()
             raise BrokerUnavailable(f"Kafka at {self._kafka.bootstrap_servers}: {e}") from e
@@ -147,6 +188,9 @@ class _LogMetrics:
                                "was full.", ["topic"], registry=registry)
         self.published = Counter("rlhf:events_published", "Events acknowledged by Kafka.",
                                  ["topic"], registry=registry)
+        self.rejected = Counter("rlhf:events_rejected", "Events dropped because Kafka can "
+                                "never accept them (reason=too_large).", ["topic", "reason"],
+                                registry=registry)
 
     @classmethod
     def of(cls, registry: CollectorRegistry) -> _LogMetrics:
@@ -159,8 +203,9 @@ class CompletionLogPublisher:
     """Logs completions without ever blocking the caller.
 
     ``publish_nowait`` appends to a bounded buffer; a daemon thread sends batches and
-    removes them only once acknowledged. A failed batch goes back to the front of the
-    buffer and the producer is rebuilt, so a restarted broker is picked up. Redelivery
+    removes them only once acknowledged. Events of a batch that failed go back to the
+    front of the buffer and the producer is rebuilt, so a restarted broker is picked up;
+    an event too large for Kafka is dropped and counted, never retried. Redelivery
     after a failure may duplicate an event; the store deduplicates on ``event_id``.
     """
 
@@ -216,13 +261,12 @@ class CompletionLogPublisher:
             self._inflight = len(batch)
             return batch
 
-    def _finish_batch(self, batch: list[EventBase], ok: bool) -> None:
+    def _finish_batch(self, published: int, retry: list[EventBase]) -> None:
         with self._cond:
             self._inflight = 0
-            if ok:
-                self._metrics.published.labels(self.topic).inc(len(batch))
-            else:
-                self._buffer.extendleft(reversed(batch))
+            self._metrics.published.labels(self.topic).inc(published)
+            if retry:
+                self._buffer.extendleft(reversed(retry))
                 self._trim()
             self._update_gauge()
             self._cond.notify_all()
@@ -232,31 +276,62 @@ class CompletionLogPublisher:
             batch = self._take_batch()
             if not batch:
                 return  # closing and nothing left
-            ok = self._send(batch)
-            self._finish_batch(batch, ok)
-            if not ok:
+            published, retry = self._send(batch)
+            self._finish_batch(published, retry)
+            if retry:
                 with self._cond:
                     if self._closing:
                         return
                     self._cond.wait(self._backoff_s)
 
-    def _send(self, batch: list[EventBase]) -> bool:
-        """Send one batch and wait for all acks; False (and a fresh producer next) on error."""
+    def _send(self, batch: list[EventBase]) -> tuple[int, list[EventBase]]:
+        """Send one batch and wait for the acks: (how many were acknowledged, the events to
+        retry). An event Kafka refuses as too large is dropped and counted, not retried;
+        any other failure retries the unacknowledged events with a fresh producer."""
+        sent: list[tuple[EventBase, Any]] = []
+        retry: list[EventBase] = []
+        rejected: set[int] = set()
         try:
             if self._producer is None:
                 self._producer = make_producer(self._kafka)
-            futures = [self._producer.send(self.topic, key=event_key(e), value=encode_event(e))
-                       for e in batch]
-            deadline = time.monotonic() + self._kafka.request_timeout_ms / 1000
-            for f in futures:
-                f.get(timeout=max(0.0, deadline - time.monotonic()))
-            return True
+            for event in batch:
+                try:
+                    sent.append((event, self._producer.send(
+                        self.topic, key=event_key(event), value=encode_event(event),
+                        headers=event_headers(event))))
+                except MessageSizeTooLargeError as exc:
+                    self._reject(event, exc)
+                    rejected.add(id(event))
         except KafkaError as e:
             log.warning("completion log: Kafka unavailable (%s); %d events buffered",
                         e, self.buffered)
-            _close_quietly(self._producer)
-            self._producer = None
-            return False
+            self._drop_producer()
+            return 0, [ev for ev in batch if id(ev) not in rejected]
+        deadline = time.monotonic() + self._kafka.request_timeout_ms / 1000
+        published, error = 0, None
+        for event, future in sent:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+                published += 1
+            except MessageSizeTooLargeError as exc:  # the broker's limit is lower
+                self._reject(event, exc)
+            except KafkaError as exc:
+                retry.append(event)
+                error = exc
+        if retry:
+            log.warning("completion log: Kafka unavailable (%s); %d events buffered",
+                        error, self.buffered)
+            self._drop_producer()
+        return published, retry
+
+    def _reject(self, event: EventBase, exc: Exception) -> None:
+        self._metrics.rejected.labels(self.topic, "too_large").inc()
+        log.warning("completion log: dropped %s (%s): %s", getattr(event, "request_id", ""),
+                    event.event_id, exc)
+
+    def _drop_producer(self) -> None:
+        _close_quietly(self._producer)
+        self._producer = None
 
     def flush(self, timeout: float) -> bool:
         """Wait until the buffer is empty; True if it emptied within the timeout."""

@@ -101,3 +101,6 @@ class AuthSettings(BaseModel):
         description='API key → role, as JSON: {"sk-abc": "labeler"}.')
     keys_file: Path | None = Field(
         None, description="A JSON or YAML file mapping API keys to roles.")
+    allow_open: bool = Field(
+        False, description="Let `rlhf serve` start without API keys on a non-loopback "
+                           "address (anyone who reaches it is admin).")

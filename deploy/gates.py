@@ -1,16 +1,34 @@
 """Promotion gates: is the candidate policy better than the live one, and safe to serve?
 
-Both policies answer the same held-out prompts (the newest distinct prompts of real
-traffic, topped up from a packaged list) with the same seed; the reward model scores
-every answer. Four gates, each a pure function of those numbers with its threshold from
-:class:`training.settings.GateSettings`:
+Judged the way InstructGPT judged policies, by what PPO did not optimise:
 
-* ``reward_improvement``: mean r(x, y_cand) − mean r(x, y_live) ≥ min_reward_improvement.
+* **Prompts PPO never trained on.** A fixed slice of traffic, picked by a hash of the
+  normalised prompt (``holdout_share``, the same share PPO excludes from its prompt pool,
+  ``training.datasets.is_gate_prompt``), plus an optional operator file
+  (``eval_prompt_file``), topped up from a packaged list on a new install.
+* **A judge that is not only the optimised reward model.** The RM the candidate was
+  optimised against judges, and so does a held-out judge RM when there is one
+  (``judge_model``: a reward version, ``previous``, or by default the newest reward
+  version trained with ``role: judge`` on rankings no optimised RM sees). A candidate that
+  exploits a flaw of its RM (reward hacking) wins under that RM and not under the judge.
+* **Several samples per prompt and confidence intervals.** Both policies answer every
+  prompt ``samples_per_prompt`` times with the same seeds; answers are as long as the
+  candidate's own ``max_new_tokens`` unless set. Reward gain and win rate get a percentile
+  bootstrap interval over prompts (``confidence``); those gates pass only when the
+  interval's LOWER bound clears the threshold. The bounds are in gates.json.
+
+Gates, each a pure function of the measurements with thresholds from ``GateSettings``:
+
+* ``reward_improvement`` (and ``judge_reward_improvement``): lower bound of
+  mean_x[r(x, y_cand) − r(x, y_live)] ≥ min_reward_improvement.
+* ``win_rate`` (and ``judge_win_rate``): lower bound of the share of paired samples where
+  r(x, y_cand) > r(x, y_live), ties half, ≥ min_win_rate.
 * ``kl``: KL(π_cand ‖ π_ref) ≈ mean over candidate samples of Σ_t log π_cand − log π_ref
-  ≤ max_kl. The reference is the SFT policy PPO was anchored to (InstructGPT's β-term).
-* ``length_drift``: |mean len(y_cand) / mean len(y_live) − 1| ≤ max_length_drift. Longer
-  answers that the reward model likes are a classic reward hack.
-* ``win_rate``: share of prompts where r(x, y_cand) > r(x, y_live), ties half, ≥ min_win_rate.
+  ≤ max_kl. The reference is the SFT version of the candidate's lineage (the one PPO's
+  KL penalty used, recorded as ``reference`` in its manifest), so the budget bounds the
+  cumulative drift from SFT over every PPO generation. A candidate that is not a PPO
+  result (SFT, hand-made) is its own reference.
+* ``length_drift``: |mean len(y_cand) / mean len(y_live) − 1| ≤ max_length_drift.
 
 The report goes into the candidate's ``gates.json`` (``Registry.update_gates``); a
 candidate that fails stays a candidate, and the report says why.
@@ -19,9 +37,12 @@ candidate that fails stays a candidate, and the report says why.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from statistics import fmean
 from typing import Any, Literal
 
@@ -31,6 +52,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.registry import Manifest, Registry, RegistryError
 from deploy.errors import GateError
 from deploy.settings import GateSettings
+from training.datasets import is_gate_prompt, normalise_prompt
+from training.lineage import reference_of
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +89,9 @@ class GateResult(BaseModel):
     passed: bool = Field(description="Whether the value is on the right side of threshold.")
     reason: str = Field(description="The comparison in words, numbers included.")
     detail: dict[str, float] = Field(default_factory=dict, description="Inputs of the value.")
+    lower: float | None = Field(None, description="Lower bound of the bootstrap interval.")
+    upper: float | None = Field(None, description="Upper bound of the bootstrap interval.")
+    confidence: float | None = Field(None, description="Coverage of [lower, upper].")
 
 
 class GateReport(BaseModel):
@@ -78,24 +104,72 @@ class GateReport(BaseModel):
     gates: dict[str, GateResult] = Field(description="Each gate's result, by name.")
     against: str = Field(description="The live policy the candidate was compared with.")
     reference: str = Field(description="The policy the KL was measured against.")
-    reward_model: str = Field(description="The reward version that judged.")
-    prompts: dict[str, int] = Field(description="Held-out prompts: total, traffic, fallback.")
+    reward_model: str = Field(description="The reward version the candidate optimised.")
+    judge_model: str | None = Field(None, description="The held-out judge reward version.")
+    samples_per_prompt: int = Field(1, description="Answers per prompt and policy.")
+    prompts: dict[str, int] = Field(
+        description="Held-out prompts: total, traffic (gate slice), eval_file, fallback.")
     settings: dict[str, Any] = Field(description="The gate settings used.")
     seconds: float = Field(description="Wall time of the evaluation.")
     evaluated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-# -- the four gates: pure functions of the measurements ----------------------------------
+# -- bootstrap intervals ---------------------------------------------------------------
 
-def reward_improvement_gate(cand: Sequence[float], live: Sequence[float],
-                            threshold: float) -> GateResult:
-    """mean(cand) − mean(live) ≥ threshold (rewards of the same prompts, in order)."""
+@dataclass(frozen=True)
+class Bootstrap:
+    """Percentile bootstrap over prompts: ``resamples`` draws, seeded, ``confidence``
+    two-sided coverage (the gates use the lower end)."""
+
+    confidence: float = 0.9
+    resamples: int = 1000
+    seed: int = 0
+
+
+def bootstrap_interval(values: Sequence[float], boot: Bootstrap) -> tuple[float, float]:
+    """(lower, upper) percentile interval of the mean of ``values`` (one per prompt)."""
+    n = len(values)
+    rng = random.Random(boot.seed)
+    means = sorted(fmean(values[rng.randrange(n)] for _ in range(n))
+                   for _ in range(boot.resamples))
+    tail = (1 - boot.confidence) / 2
+    lo = means[min(int(tail * boot.resamples), boot.resamples - 1)]
+    hi = means[max(min(int((1 - tail) * boot.resamples), boot.resamples - 1), 0)]
+    return lo, hi
+
+
+def per_prompt(values: Sequence[float], k: int) -> list[float]:
+    """Means of consecutive groups of ``k`` (the samples of one prompt, prompt-major)."""
+    if k < 1 or len(values) % k:
+        raise ValueError(f"{len(values)} values do not split into groups of {k}")
+    return [fmean(values[i:i + k]) for i in range(0, len(values), k)]
+
+
+def pair_outcome(c: float, l_: float) -> float:
+    """1 candidate better, 0.5 tie (within TIE_TOLERANCE), 0 live better."""
+    return 0.5 if abs(c - l_) <= TIE_TOLERANCE else float(c > l_)
+
+
+# -- the gates: pure functions of the measurements ----------------------------------------
+
+def reward_improvement_gate(cand: Sequence[float], live: Sequence[float], threshold: float,
+                            samples_per_prompt: int = 1, boot: Bootstrap | None = None,
+                            label: str = "mean reward") -> GateResult:
+    """Lower bootstrap bound of mean_x[mean r(cand) − mean r(live)] ≥ threshold.
+
+    ``cand``/``live``: rewards of the same prompts' paired samples, prompt-major, in order.
+    """
+    boot = boot or Bootstrap()
+    gains = per_prompt([c - l_ for c, l_ in zip(cand, live, strict=True)], samples_per_prompt)
     c, l_ = fmean(cand), fmean(live)
     value = c - l_
-    passed = value >= threshold
+    lower, upper = bootstrap_interval(gains, boot)
+    passed = lower >= threshold
     return GateResult(
-        value=value, threshold=threshold, passed=passed,
-        reason=f"mean reward {c:.4f} vs live {l_:.4f}: improvement {value:+.4f} "
+        value=value, threshold=threshold, passed=passed, lower=lower, upper=upper,
+        confidence=boot.confidence,
+        reason=f"{label} {c:.4f} vs live {l_:.4f}: improvement {value:+.4f}, "
+               f"{boot.confidence:.0%} interval [{lower:+.4f}, {upper:+.4f}], lower bound "
                f"{'≥' if passed else '<'} {threshold}",
         detail={"candidate_mean": c, "live_mean": l_})
 
@@ -129,21 +203,23 @@ def length_drift_gate(cand_lengths: Sequence[int], live_lengths: Sequence[int],
         detail={"candidate_mean_tokens": c, "live_mean_tokens": l_})
 
 
-def win_rate_gate(cand: Sequence[float], live: Sequence[float], threshold: float) -> GateResult:
-    """Share of prompts where the reward model prefers the candidate (ties half) ≥ threshold."""
-    wins = ties = 0
-    for c, l_ in zip(cand, live, strict=True):
-        if abs(c - l_) <= TIE_TOLERANCE:
-            ties += 1
-        elif c > l_:
-            wins += 1
-    n = len(cand)
+def win_rate_gate(cand: Sequence[float], live: Sequence[float], threshold: float,
+                  samples_per_prompt: int = 1, boot: Bootstrap | None = None) -> GateResult:
+    """Lower bootstrap bound of the share of paired samples where the reward model
+    prefers the candidate (ties half) ≥ threshold; the interval is over prompts."""
+    boot = boot or Bootstrap()
+    outcomes = [pair_outcome(c, l_) for c, l_ in zip(cand, live, strict=True)]
+    wins, ties = outcomes.count(1.0), outcomes.count(0.5)
+    n = len(outcomes)
     value = (wins + 0.5 * ties) / n
-    passed = value >= threshold
+    lower, upper = bootstrap_interval(per_prompt(outcomes, samples_per_prompt), boot)
+    passed = lower >= threshold
     return GateResult(
-        value=value, threshold=threshold, passed=passed,
+        value=value, threshold=threshold, passed=passed, lower=lower, upper=upper,
+        confidence=boot.confidence,
         reason=f"win rate {value:.1%} ({wins} wins, {ties} ties, {n - wins - ties} losses "
-               f"of {n}) {'≥' if passed else '<'} {threshold:.1%}",
+               f"of {n}), {boot.confidence:.0%} interval [{lower:.1%}, {upper:.1%}], lower "
+               f"bound {'≥' if passed else '<'} {threshold:.1%}",
         detail={"wins": wins, "ties": ties, "losses": n - wins - ties})
 
 
@@ -157,38 +233,105 @@ def make_report(version: str, gates: dict[str, GateResult], **context: Any) -> G
 
 # -- what to compare: prompts and versions ------------------------------------------------
 
-def held_out_prompts(store, n: int) -> tuple[list[str], int]:
-    """``n`` prompts, the newest traffic first, then the fallback list (repeated if short).
+def eval_file_prompts(path: Path | None) -> list[str]:
+    """The operator's eval prompts, one a line (blank lines skipped); [] without a file."""
+    if path is None:
+        return []
+    if not Path(path).is_file():
+        raise GateError(f"eval_prompt_file {path} does not exist")
+    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
 
-    Returns the prompts and how many came from traffic. ``store`` may be None; a store
-    that cannot be read (no database yet) counts as no traffic, with a warning.
+
+def held_out_prompts(store, settings: GateSettings) -> tuple[list[str], dict[str, int]]:
+    """``num_prompts`` prompts PPO never trained on, and where they came from.
+
+    First the operator's ``eval_prompt_file``, then the newest distinct traffic prompts of
+    the gate slice (``holdout_share`` by hash; PPO excludes the same slice), then the
+    fallback list (repeated if short). Near-duplicates (same normalised text) count once.
+    ``store`` may be None; a store that cannot be read counts as no traffic, with a warning.
     """
+    n = settings.num_prompts
+    chosen: list[str] = []
+    seen: set[str] = set()
+
+    def take(prompts: Sequence[str]) -> int:
+        before = len(chosen)
+        for p in prompts:
+            key = normalise_prompt(p)
+            if len(chosen) < n and key and key not in seen:
+                seen.add(key)
+                chosen.append(p)
+        return len(chosen) - before
+
+    from_file = take(eval_file_prompts(settings.eval_prompt_file))
     traffic: list[str] = []
-    if store is not None:
+    if store is not None and len(chosen) < n:
         try:
-            traffic = [p for p in store.recent_prompts(n) if p.strip()]
+            traffic = [p for p in store.recent_prompts(settings.traffic_scan)
+                       if is_gate_prompt(p, settings.holdout_share)]
         except SQLAlchemyError as e:
             log.warning("gates: feedback store unreadable (%s); using fallback prompts", e)
-    fallback = [FALLBACK_PROMPTS[i % len(FALLBACK_PROMPTS)] for i in range(n - len(traffic))]
-    return traffic + fallback, len(traffic)
+    from_traffic = take(traffic)
+    fallback = [FALLBACK_PROMPTS[i % len(FALLBACK_PROMPTS)] for i in range(n - len(chosen))]
+    chosen += fallback
+    return chosen, {"total": len(chosen), "traffic": from_traffic, "eval_file": from_file,
+                    "fallback": len(fallback)}
 
 
-def reward_model_for(registry: Registry, settings: GateSettings) -> str:
-    """The configured reward version, else the newest one; GateError when there is none."""
-    if settings.reward_model:
-        if registry.get(settings.reward_model).kind != "reward":
-            raise GateError(f"{settings.reward_model} is not a reward model")
-        return settings.reward_model
+def reward_model_for(registry: Registry, settings: GateSettings,
+                     manifest: Manifest | None = None) -> str:
+    """The optimised RM: the setting, else the one the candidate was trained against, else
+    the newest reward version; GateError when there is none."""
+    chosen = settings.reward_model or (manifest.config.get("reward_model") if manifest else None)
+    if chosen:
+        if registry.get(chosen).kind != "reward":
+            raise GateError(f"{chosen} is not a reward model")
+        return str(chosen)
     newest = registry.latest("reward")
     if newest is None:
         raise GateError("no reward model in the registry to judge the gates")
     return newest.version
 
 
-def reference_for(manifest: Manifest, settings: GateSettings, live: str) -> str:
-    """KL reference: setting, else the manifest's ``config.reference``, its parent, live."""
-    return (settings.reference or manifest.config.get("reference") or manifest.parent
-            or live)
+def judge_model_for(registry: Registry, settings: GateSettings, optimised: str) -> str | None:
+    """The held-out judge: ``judge_model`` (a version; ``previous`` = the reward version
+    before ``optimised``; ``none`` = no judge), by default the newest reward version
+    trained with ``role: judge``; never the optimised RM itself."""
+    setting = settings.judge_model
+    if setting == "none":
+        return None
+    rewards = registry.list("reward")
+    if setting == "previous":
+        older = [m.version for m in rewards if m.version < optimised]
+        return older[-1] if older else None
+    if setting:
+        if registry.get(setting).kind != "reward":
+            raise GateError(f"judge_model {setting} is not a reward model")
+        return None if setting == optimised else setting
+    judges = [m.version for m in rewards if m.config.get("role") == "judge"
+              and m.version != optimised]
+    return judges[-1] if judges else None
+
+
+def reference_for(registry: Registry, manifest: Manifest, settings: GateSettings,
+                  live: str) -> str:
+    """KL reference: the setting, else the SFT version of the candidate's lineage (the
+    manifest's ``reference``, or its parent chain for older PPO manifests); a non-PPO
+    candidate is its own reference. ``live`` only when the lineage cannot be read."""
+    if settings.reference:
+        return settings.reference
+    try:
+        return reference_of(registry, manifest.version)
+    except RegistryError as e:
+        log.warning("gates: lineage of %s unreadable (%s); KL against %s", manifest.version,
+                    e, live)
+        return live
+
+
+def answer_budget(manifest: Manifest, settings: GateSettings) -> int:
+    """Tokens per gate answer: the setting, else the candidate's own ``max_new_tokens``
+    (long enough to see length hacking), else 48."""
+    return int(settings.max_new_tokens or manifest.config.get("max_new_tokens") or 48)
 
 
 def baseline_for(registry: Registry, manifest: Manifest) -> str:
@@ -202,6 +345,15 @@ def baseline_for(registry: Registry, manifest: Manifest) -> str:
 
 # -- one evaluation ------------------------------------------------------------------------
 
+def judge_gates(cand: Sequence[float], live: Sequence[float], settings: GateSettings,
+                k: int, boot: Bootstrap, prefix: str = "") -> dict[str, GateResult]:
+    """reward_improvement and win_rate of one reward model, names prefixed."""
+    label = "judge mean reward" if prefix else "mean reward"
+    return {f"{prefix}reward_improvement": reward_improvement_gate(
+                cand, live, settings.min_reward_improvement, k, boot, label),
+            f"{prefix}win_rate": win_rate_gate(cand, live, settings.min_win_rate, k, boot)}
+
+
 def evaluate(registry: Registry, version: str, settings: GateSettings,
              store=None) -> GateReport:
     """Run every gate for candidate ``version``; does not record anything.
@@ -214,25 +366,57 @@ def evaluate(registry: Registry, version: str, settings: GateSettings,
     if manifest.kind != "policy":
         raise RegistryError(f"{version} is not a policy")
     live = baseline_for(registry, manifest)
-    reference = reference_for(manifest, settings, live)
-    reward = reward_model_for(registry, settings)
-    prompts, from_traffic = held_out_prompts(store, settings.num_prompts)
+    reference = reference_for(registry, manifest, settings, live)
+    reward = reward_model_for(registry, settings, manifest)
+    judge = judge_model_for(registry, settings, reward)
+    share = manifest.config.get("gate_holdout_share")
+    if share is not None and share != settings.holdout_share:
+        log.warning("gates: %s was trained with gate_holdout_share %s but the gates use %s; "
+                    "some gate prompts may have been trained on", version, share,
+                    settings.holdout_share)
+    prompts, sources = held_out_prompts(store, settings)
+    k = settings.samples_per_prompt
     started = time.perf_counter()
     m = measure(registry, settings, prompts, candidate=version, live=live,
-                reference=reference, reward_model=reward)
-    gates = {
-        "reward_improvement": reward_improvement_gate(
-            m.cand_rewards, m.live_rewards, settings.min_reward_improvement),
-        "kl": kl_gate(m.cand_logprobs, m.ref_logprobs, settings.max_kl),
-        "length_drift": length_drift_gate(m.cand_lengths, m.live_lengths,
-                                          settings.max_length_drift),
-        "win_rate": win_rate_gate(m.cand_rewards, m.live_rewards, settings.min_win_rate),
-    }
+                reference=reference, reward_models=[r for r in (reward, judge) if r],
+                samples_per_prompt=k, max_new_tokens=answer_budget(manifest, settings))
+    boot = Bootstrap(settings.confidence, settings.bootstrap_resamples, settings.seed)
+    cand, live_r = m.rewards[reward]
+    gates = judge_gates(cand, live_r, settings, k, boot)
+    gates["kl"] = kl_gate(m.cand_logprobs, m.ref_logprobs, settings.max_kl)
+    gates["length_drift"] = length_drift_gate(m.cand_lengths, m.live_lengths,
+                                              settings.max_length_drift)
+    if judge:
+        gates.update(judge_gates(*m.rewards[judge], settings, k, boot, prefix="judge_"))
+    gates.update(human_eval_gates(version, live, settings, store))
     return make_report(
         version, gates, against=live, reference=reference, reward_model=reward,
-        prompts={"total": len(prompts), "traffic": from_traffic,
-                 "fallback": len(prompts) - from_traffic},
-        settings=settings.model_dump(), seconds=time.perf_counter() - started)
+        judge_model=judge, samples_per_prompt=k, prompts=sources,
+        settings=settings.model_dump(mode="json"), seconds=time.perf_counter() - started)
+
+
+# -- human evaluation: the labeling workbench's blind A/B queues ---------------------------
+
+def human_eval_gates(version: str, live: str, settings: GateSettings,
+                     store=None) -> dict[str, GateResult]:
+    """``human_win_rate`` when ``settings.human_eval.required``, else nothing.
+
+    Labelers' verdicts on the candidate-vs-live queues of ``version`` (labeling/winrate.py):
+    passes iff at least ``min_items`` judgments reached the store and the Wilson lower
+    bound of the win rate (ties half) is ≥ ``min_lower_bound``. No store: fails.
+    """
+    from labeling.winrate import human_eval_gate
+
+    human = settings.human_eval
+    if not human.required:
+        return {}
+    if store is None:
+        return {"human_win_rate": GateResult(
+            value=0.0, threshold=human.min_lower_bound, passed=False,
+            reason="no feedback store to read human judgments from")}
+    verdict = human_eval_gate(store.engine, version, live, human)
+    assert verdict is not None
+    return {"human_win_rate": GateResult(**verdict.as_dict())}
 
 
 def record(registry: Registry, report: GateReport) -> Manifest:

@@ -68,18 +68,18 @@ async def consume(controller: DeployController, stop: asyncio.Event) -> None:
             try:
                 if consumer is None:
                     consumer = await asyncio.to_thread(make_policy_consumer, settings)
-                polled = await asyncio.to_thread(consumer.poll,
-                                                 timeout_ms=settings.poll_timeout_ms)
+                live: KafkaConsumer = consumer
+                polled = await asyncio.to_thread(live.poll, timeout_ms=settings.poll_timeout_ms)
                 records = sorted((r for recs in polled.values() for r in recs),
                                  key=lambda r: r.timestamp)
                 if records:
-                    consumer.pause(*consumer.assignment())
+                    live.pause(*live.assignment())
                     batch = asyncio.create_task(
                         handle_records(controller, [r.value for r in records]))
                 if batch is not None and batch.done():
                     batch = None
-                    await asyncio.to_thread(consumer.commit)
-                    consumer.resume(*consumer.paused())
+                    await asyncio.to_thread(live.commit)
+                    live.resume(*live.paused())
             except KafkaError as e:
                 log.warning("policy topic: %s; reconnecting", e)
                 if batch is not None:  # its records come again from the last commit

@@ -21,10 +21,9 @@ class VocabularyMismatch(GateError):
 
 @dataclass(frozen=True)
 class Measurements:
-    """Per-prompt numbers, all lists in prompt order."""
+    """Per-sample numbers, all lists prompt-major: prompt 0's k samples, then prompt 1's …"""
 
-    cand_rewards: list[float]
-    live_rewards: list[float]
+    rewards: dict[str, tuple[list[float], list[float]]]  # RM version → (candidate, live)
     cand_logprobs: list[float]  # Σ_t log π_cand of the candidate's own answers
     ref_logprobs: list[float]  # Σ_t log π_ref of the same answers
     cand_lengths: list[int]
@@ -33,8 +32,9 @@ class Measurements:
     live: Samples
 
 
-def _sample(policy: Policy, prompts: list[str], s: GateSettings) -> Samples:
-    return sample(policy, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+def _sample(policy: Policy, prompts: list[str], s: GateSettings, max_new_tokens: int
+            ) -> Samples:
+    return sample(policy, prompts, max_new_tokens=max_new_tokens, temperature=s.temperature,
                   seed=s.seed, batch_size=s.batch_size, max_prompt_tokens=s.max_prompt_tokens)
 
 
@@ -43,15 +43,19 @@ def _load(registry: Registry, version: str, s: GateSettings) -> Policy:
 
 
 def measure(registry: Registry, s: GateSettings, prompts: list[str], *, candidate: str,
-            live: str, reference: str, reward_model: str) -> Measurements:
-    """Answers of candidate and live, the reference's log-probs, and every reward."""
+            live: str, reference: str, reward_models: list[str], samples_per_prompt: int = 1,
+            max_new_tokens: int = 48) -> Measurements:
+    """``samples_per_prompt`` answers of candidate and live to each prompt (sample j of a
+    prompt is drawn with the same seed for both), the reference's log-probs of the
+    candidate's answers, and every reward model's score of every answer."""
+    repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     # 1. the candidate answers, and its own log-probs of those answers
     cand = _load(registry, candidate, s)
-    cand_samples = _sample(cand, prompts, s)
+    cand_samples = _sample(cand, repeated, s, max_new_tokens)
     cand_logp = answer_logprobs(cand, cand_samples, s.batch_size)
     # 2. the live policy answers the same prompts with the same seed
     live_policy = _load(registry, live, s)
-    live_samples = _sample(live_policy, prompts, s)
+    live_samples = _sample(live_policy, repeated, s, max_new_tokens)
     # 3. the reference's log-probs of the candidate's answers (often the live model itself)
     ref = live_policy if reference == live else _load(registry, reference, s)
     if not same_vocabulary(cand, ref):
@@ -59,10 +63,13 @@ def measure(registry: Registry, s: GateSettings, prompts: list[str], *, candidat
     ref_logp = answer_logprobs(ref, cand_samples, s.batch_size)
     for p in {id(cand): cand, id(live_policy): live_policy, id(ref): ref}.values():
         p.release()
-    # 4. the reward model judges every answer
-    scorer = RewardScorer.from_registry(registry, reward_model, device=s.device,
-                                        batch_size=s.batch_size)
-    cand_rewards = scorer.score(list(zip(prompts, cand_samples.responses, strict=True)))
-    live_rewards = scorer.score(list(zip(prompts, live_samples.responses, strict=True)))
-    return Measurements(cand_rewards, live_rewards, cand_logp.tolist(), ref_logp.tolist(),
-                        cand_samples.lengths, live_samples.lengths, cand_samples, live_samples)
+    # 4. every reward model judges every answer
+    rewards = {}
+    for version in reward_models:
+        scorer = RewardScorer.from_registry(registry, version, device=s.device,
+                                            batch_size=s.batch_size)
+        rewards[version] = (
+            scorer.score(list(zip(repeated, cand_samples.responses, strict=True))),
+            scorer.score(list(zip(repeated, live_samples.responses, strict=True))))
+    return Measurements(rewards, cand_logp.tolist(), ref_logp.tolist(), cand_samples.lengths,
+                        live_samples.lengths, cand_samples, live_samples)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.formatting import render_prompt
+from training.formatting import render_prompt, stop_token_ids
 from training.reward_model import pad_batch
 
 
@@ -43,11 +43,13 @@ class Policy:
     name: str
     model: torch.nn.Module
     tokenizer: object
+    stop_ids: list[int] = field(default_factory=list)  # generation config's EOS ids
 
     @classmethod
     def load(cls, path: Path, name: str, device: str = "cpu") -> Policy:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-        return cls(name, model.eval(), AutoTokenizer.from_pretrained(path))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(name, model.eval(), tokenizer, stop_token_ids(path, tokenizer))
 
     @property
     def device(self) -> torch.device:
@@ -84,9 +86,13 @@ def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
-    """The answer up to and including its first EOS; padding after it is dropped."""
-    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+def cut_at_eos(ids: list[int], stop_ids: int | Sequence[int]) -> list[int]:
+    """The answer up to and including its first stop id; padding after it is dropped."""
+    stops = {stop_ids} if isinstance(stop_ids, int) else set(stop_ids)
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[: i + 1]
+    return ids
 
 
 @torch.no_grad()
@@ -94,6 +100,7 @@ def sample(policy: Policy, prompts: Sequence[str], *, max_new_tokens: int, tempe
            seed: int, batch_size: int, max_prompt_tokens: int) -> Samples:
     """One seeded answer per prompt; batch ``b`` is sampled after ``manual_seed(seed + b)``."""
     tok = policy.tokenizer
+    stops = policy.stop_ids or [tok.eos_token_id]
     prompt_ids = encode_prompts(tok, prompts, max_prompt_tokens)
     answers: list[list[int]] = []
     for b, start in enumerate(range(0, len(prompt_ids), batch_size)):
@@ -103,8 +110,8 @@ def sample(policy: Policy, prompts: Sequence[str], *, max_new_tokens: int, tempe
             input_ids=ids.to(policy.device), attention_mask=mask.to(policy.device),
             do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id)  # (B, T + new)
-        answers += [cut_at_eos(row, tok.eos_token_id) for row in out[:, ids.size(1):].tolist()]
+            eos_token_id=stops)  # (B, T + new)
+        answers += [cut_at_eos(row, stops) for row in out[:, ids.size(1):].tolist()]
     texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
     return Samples(list(prompts), texts, prompt_ids, answers)
 

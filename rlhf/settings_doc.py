@@ -18,13 +18,15 @@ from core.settings import ENV_PREFIX
 def processes() -> list[tuple[str, type[BaseModel]]]:
     from deploy.settings import DeploySettings
     from feedback.settings import BrokerSettings, IngestSettings
+    from labeling.settings import LabelingSettings
     from rlhf.up import UpSettings
     from serving.settings import ServeSettings
     from training.settings import TrainSettings
 
     return [("rlhf serve", ServeSettings), ("rlhf ingest", IngestSettings),
             ("rlhf broker", BrokerSettings), ("rlhf train …", TrainSettings),
-            ("rlhf deploy …", DeploySettings), ("rlhf up", UpSettings)]
+            ("rlhf deploy …", DeploySettings), ("rlhf workbench", LabelingSettings),
+            ("rlhf up", UpSettings)]
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -45,7 +47,8 @@ def rows(model: type[BaseModel], prefix: str = ENV_PREFIX) -> list[tuple[str, st
             continue
         default = field.default
         if default is PydanticUndefined:
-            default = field.default_factory() if field.default_factory else "(required)"
+            factory = field.default_factory
+            default = factory() if factory else "(required)"  # type: ignore[call-arg]
         out.append((env, repr(default) if default not in (None, "") else "—",
                     (field.description or "").replace("|", "\\|")))
     return out

@@ -2,87 +2,77 @@
 
 Starts the embedded broker (unless RLHF_KAFKA__BOOTSTRAP_SERVERS names one), the server
 (HTTP + gRPC), the ingester, the deploy controller (auto-promote on) and a periodic
-``rlhf train cycle``; restarts a child that crashes; stops everything on Ctrl-C. All
-state lives under ``--home`` (SQLite store, registry, API keys, logs), so a second
-``rlhf up`` continues where the first stopped. Each child is the same ``rlhf``
-sub-command a Kubernetes pod runs; nothing here is a home-made cluster.
+``rlhf train cycle``; restarts a child that crashes (after stopping everything it
+spawned); stops everything on Ctrl-C. All state lives under ``--home`` (SQLite store,
+registry, API keys, logs), so a second ``rlhf up`` continues where the first stopped.
+Each child is the same ``rlhf`` sub-command a Kubernetes pod runs; nothing here is a
+home-made cluster.
+
+Before anything starts, every port it needs is checked: a second ``rlhf up`` on the same
+ports exits at once, naming the port and its holder, instead of crash-looping children.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
+import shutil
 import signal
-import subprocess
+import socket
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field
 
 from core.settings import ProcessSettings
-from rlhf.procs import rlhf_command, stop_group
+from deploy.settings import GateSettings
+from feedback.broker import memory_storage_warning
+from feedback.settings import EmbeddedBrokerSettings
+from rlhf.procs import Child, Supervisor, port_conflicts, private_tmp_root, rlhf_command
+from training.settings import TrainSettings
+
+# One default per setting: `rlhf up` passes these to its children, whose own settings
+# classes own the defaults.
+_TRAIN_DEFAULTS = TrainSettings.model_fields
 
 
 class UpSettings(ProcessSettings):
-    """``rlhf up`` (``RLHF_UP__…`` is not used: these are flat ``RLHF_…`` names)."""
+    """``rlhf up`` (``RLHF_UP__…`` is not used: these are flat ``RLHF_…`` names, plus the
+    ``RLHF_GATES__…`` and ``RLHF_BROKER__…`` sections it hands to its children)."""
 
     home: Path = Field(Path("rlhf-home"), description="Directory holding all local state.")
     model: Path | None = Field(None, description="Base checkpoint; default: the tiny model.")
-    http_port: int = Field(8000, description="OpenAI-compatible HTTP API port.")
-    grpc_port: int = Field(50051, description="gRPC API port.")
-    broker_port: int = Field(9092, description="Embedded broker port.")
-    deploy_port: int = Field(8300, description="Deploy controller admin API port.")
-    ingest_metrics_port: int = Field(9400, description="Ingester /metrics port.")
+    http_port: int = Field(8000, ge=1, le=65535, description="OpenAI-compatible HTTP API port.")
+    grpc_port: int = Field(50051, ge=1, le=65535, description="gRPC API port.")
+    broker_port: int = Field(9092, ge=1, le=65535, description="Embedded broker port.")
+    deploy_port: int = Field(8300, ge=1, le=65535, description="Deploy controller admin API port.")
+    ingest_metrics_port: int = Field(9400, ge=1, le=65535, description="Ingester /metrics port.")
     train_every_s: float = Field(30.0, gt=0, description="Seconds between training cycles.")
-    min_new_rankings: int = Field(20, ge=1, description="Rankings that make a reward model due.")
+    min_new_rankings: int = Field(
+        _TRAIN_DEFAULTS["min_new_rankings"].default, ge=1,
+        description="New rankings that make a reward model (and a PPO run) due; the same "
+                    "setting and default as `rlhf train cycle`.")
+    config_dir: Path | None = Field(
+        None,
+        description="Recipe YAMLs (sft, reward, ppo) of the training cycles; default: the "
+                    "packaged ones. The same setting as `rlhf train …`.")
     auto_promote: bool = Field(True, description="Promote candidates that pass the gates.")
     external_kafka: str | None = Field(
         None, description="Use this Kafka instead of the embedded broker.")
+    gates: GateSettings = Field(default_factory=GateSettings)
+    broker: EmbeddedBrokerSettings = Field(default_factory=EmbeddedBrokerSettings)
 
-
-@dataclass
-class Child:
-    """One supervised ``rlhf`` sub-command."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    periodic_s: float | None = None  # None: long-running, restarted when it exits
-    proc: subprocess.Popen | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    history: list[int] = field(default_factory=list)
-
-    def start(self) -> None:
-        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(rlhf_command(*self.args),
-                                     env={**os.environ, **self.env}, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def tick(self, now: float) -> str | None:
-        """Start or restart when due; returns a line to print, if any."""
-        if self.proc is not None and self.proc.poll() is None:
-            return None
-        if self.proc is not None:  # it exited
-            code = self.proc.returncode
-            self.history.append(code)
-            self.proc = None
-            if self.periodic_s is not None:
-                self.next_start = now + self.periodic_s
-                return f"{self.name} finished (exit {code})" if code else None
-            self.restarts += 1
-            self.next_start = now + min(30.0, 2.0 ** min(self.restarts, 5))
-            return f"{self.name} exited with {code}; restarting (see {self.log})"
-        if now >= self.next_start:
-            self.start()
-        return None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is not None:
-            stop_group(self.proc, timeout)
+    def ports(self) -> dict[str, int]:
+        """Every port this platform binds, by what binds it."""
+        named = {"HTTP (--port, RLHF_HTTP_PORT)": self.http_port,
+                 "gRPC (--grpc-port, RLHF_GRPC_PORT)": self.grpc_port,
+                 "deploy admin (--deploy-port, RLHF_DEPLOY_PORT)": self.deploy_port,
+                 "ingest metrics (--metrics-port, RLHF_INGEST_METRICS_PORT)":
+                     self.ingest_metrics_port}
+        if not self.external_kafka:
+            named = {"broker (--broker-port, RLHF_BROKER_PORT)": self.broker_port, **named}
+        return named
 
 
 def prepare_home(s: UpSettings) -> dict[str, str]:
@@ -115,30 +105,61 @@ def prepare_home(s: UpSettings) -> dict[str, str]:
             "RLHF_AUTH__KEYS_FILE": str(keys), "RLHF_LOG_LEVEL": s.log_level}
 
 
+def gate_env(gates: GateSettings) -> dict[str, str]:
+    """``RLHF_GATES__…`` for the deploy controller, nested sections joined by ``__``
+    (unset optional ones are left out)."""
+    return _flat_env("RLHF_GATES__", gates.model_dump(mode="json"))
+
+
+def _flat_env(prefix: str, values: dict) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        key = prefix + name.upper()
+        if isinstance(value, dict):
+            out.update(_flat_env(key + "__", value))
+        elif isinstance(value, list):
+            out[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[key] = str(value).lower()
+        elif value is not None:
+            out[key] = str(value)
+    return out
+
+
 def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
-    logs = s.home.resolve() / "logs"
+    home = s.home.resolve()
+    logs, tmp = home / "logs", private_tmp_root(home)
     kafka = s.external_kafka or f"127.0.0.1:{s.broker_port}"
     env = {**common, "RLHF_KAFKA__BOOTSTRAP_SERVERS": kafka}
     made = []
+
+    def child(name: str, args: list[str], extra: dict[str, str],
+              periodic_s: float | None = None) -> Child:
+        return Child(name, rlhf_command(*args), {**env, **extra}, logs / f"{name}.log",
+                     periodic_s=periodic_s, tmp=tmp / name)
+
     if not s.external_kafka:
-        made.append(Child("broker", ["broker", "--port", str(s.broker_port)], env,
-                          logs / "broker.log"))
+        made.append(child("broker", ["broker", "--port", str(s.broker_port)],
+                          {"RLHF_BROKER__STORAGE_URL": s.broker.storage_url,
+                           **({"RLHF_BROKER__BINARY": str(s.broker.binary)}
+                              if s.broker.binary else {})}))
     made += [
-        Child("ingest", ["ingest"], {**env, "RLHF_METRICS_PORT": str(s.ingest_metrics_port),
+        child("ingest", ["ingest"], {"RLHF_METRICS_PORT": str(s.ingest_metrics_port),
                                      "RLHF_SESSION_TIMEOUT_MS": "6000",
-                                     "RLHF_MAX_POLL_INTERVAL_MS": "10000"}, logs / "ingest.log"),
-        Child("serve", ["serve", "--host", "127.0.0.1", "--port", str(s.http_port),
+                                     "RLHF_MAX_POLL_INTERVAL_MS": "10000"}),
+        child("serve", ["serve", "--host", "127.0.0.1", "--port", str(s.http_port),
                         "--grpc-port", str(s.grpc_port), "--served-model-name", "policy"],
               # RLHF_MODEL is also `rlhf up`'s base checkpoint; the server must serve the
               # registry's live version instead, so that restarts come back on it.
-              {**env, "RLHF_MODEL": ""}, logs / "serve.log"),
-        Child("deploy", ["deploy", "controller", "--host", "127.0.0.1",
+              {"RLHF_MODEL": ""}),
+        child("deploy", ["deploy", "controller", "--host", "127.0.0.1",
                          "--port", str(s.deploy_port)],
-              {**env, "RLHF_AUTO_PROMOTE": str(s.auto_promote).lower(),
-               "RLHF_SESSION_TIMEOUT_MS": "6000"}, logs / "deploy.log"),
-        Child("train", ["train", "cycle"],
-              {**env, "RLHF_MIN_NEW_RANKINGS": str(s.min_new_rankings)},
-              logs / "train.log", periodic_s=s.train_every_s),
+              {"RLHF_AUTO_PROMOTE": str(s.auto_promote).lower(),
+               "RLHF_SESSION_TIMEOUT_MS": "6000", **gate_env(s.gates)}),
+        child("train", ["train", "cycle"],
+              {"RLHF_MIN_NEW_RANKINGS": str(s.min_new_rankings),
+               **({"RLHF_CONFIG_DIR": str(s.config_dir.resolve())} if s.config_dir else {})},
+              periodic_s=s.train_every_s),
     ]
     return made
 
@@ -146,6 +167,9 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
 def banner(s: UpSettings) -> str:
     keys = json.loads((s.home.resolve() / "keys.json").read_text())
     by_role = {role: key for key, role in keys.items()}
+    broker = s.external_kafka or f"127.0.0.1:{s.broker_port} (embedded, " + (
+        "memory storage: events are lost when it restarts)"
+        if memory_storage_warning(s.broker.storage_url) else "durable storage)")
     return "\n".join([
         "rlhf up: the platform is starting (the model loads in ~30 s on a CPU).",
         f"  OpenAI API   http://127.0.0.1:{s.http_port}/v1   (model: policy)",
@@ -153,15 +177,55 @@ def banner(s: UpSettings) -> str:
         f"  metrics      http://127.0.0.1:{s.http_port}/metrics, "
         f"http://127.0.0.1:{s.ingest_metrics_port}/metrics",
         f"  deploy API   http://127.0.0.1:{s.deploy_port}/v1/deploy/status",
+        f"  Kafka        {broker}",
+        f"  training     a cycle every {s.train_every_s:g} s; a reward model after "
+        f"{s.min_new_rankings} new rankings; gates on {s.gates.num_prompts} prompts",
         f"  API keys     user {by_role['user']}  labeler {by_role['labeler']}  "
         f"admin {by_role['admin']}",
         f"  state + logs {s.home.resolve()}",
         "Ctrl-C stops everything."])
 
 
+def check_ports(s: UpSettings) -> list[str]:
+    """One line per port that is already taken (empty when all are free)."""
+    return [str(c) for c in port_conflicts(s.ports())]
+
+
+def _wait_broker(kid: Child, port: int, timeout_s: float = 30.0) -> bool:
+    """Until the broker accepts connections; False when it exits first or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not kid.running:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 def run(s: UpSettings, until: float | None = None) -> int:
+    """Run the platform until SIGINT/SIGTERM (or ``until``, a monotonic deadline).
+
+    Exit codes: 0 stopped on request; 2 a port is taken (nothing was started); 1 the
+    embedded broker could not start.
+    """
+    taken = check_ports(s)
+    if taken:
+        for line in taken:
+            print(f"rlhf up: {line}", file=sys.stderr, flush=True)
+        print("rlhf up: nothing was started. Stop what holds the port(s), or pick others "
+              "(rlhf up --help lists the port flags).", file=sys.stderr, flush=True)
+        return 2
+    warning = None if s.external_kafka else memory_storage_warning(s.broker.storage_url)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     common = prepare_home(s)
+    tmp_root = private_tmp_root(s.home)
+    shutil.rmtree(tmp_root, ignore_errors=True)  # left by an `rlhf up` that was killed
     kids = children(s, common)
+    sup = Supervisor(kids, say=lambda line: print(line, flush=True), last=("broker",))
     print(banner(s), flush=True)
     stopping = False
 
@@ -171,17 +235,28 @@ def run(s: UpSettings, until: float | None = None) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    kids[0].tick(time.monotonic())  # the broker first: everyone else needs it
-    time.sleep(1.0)
     try:
+        if not s.external_kafka:  # the broker first: everyone else needs it
+            kids[0].tick(time.monotonic())
+            if not _wait_broker(kids[0], s.broker_port):
+                print(f"rlhf up: the embedded broker did not start; see {kids[0].log}:\n"
+                      + _tail(kids[0].log), file=sys.stderr, flush=True)
+                return 1
         while not stopping and (until is None or time.monotonic() < until):
-            for kid in kids:
-                line = kid.tick(time.monotonic())
-                if line:
-                    print(line, flush=True)
+            sup.tick()
             time.sleep(0.5)
     finally:
         print("Stopping…", flush=True)
-        for kid in reversed(kids):
-            kid.stop()
+        sup.stop()
+        shutil.rmtree(tmp_root, ignore_errors=True)
     return 0
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+__all__ = ["UpSettings", "check_ports", "children", "gate_env", "prepare_home", "run"]

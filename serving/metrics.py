@@ -47,6 +47,9 @@ class ServingMetrics:
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.swaps = Counter("rlhf:policy_swaps", "Hot-swaps of the policy by outcome.",
                              ["outcome"], registry=r)
+        self.unlogged = Counter("rlhf:completions_unlogged", "Served completions the "
+                                "completion log could not record (reason=invalid: the "
+                                "event schema refused them).", ["reason"], registry=r)
 
     def bind_engine(self, engine: Engine) -> None:
         """Read the engine's scheduler counts at scrape time."""

@@ -35,7 +35,7 @@ class Runtime:
         self.recent = RecentCompletions()
         self.sink, self.publisher = self._event_publishers(settings)
         self.feedback = FeedbackHandler(self.publisher, settings.kafka.topics.feedback,
-                                        self.recent)
+                                        self.recent, settings.limits.max_feedback_batch)
         self.load_error: BaseException | None = None
         self._load_task: asyncio.Task | None = None
         self.metrics.set_policy(version)
@@ -75,7 +75,8 @@ class Runtime:
             self.generation = GenerationHandler(
                 engine, tokenizer, self.model_name, self.policy, self.metrics, sink=self.sink,
                 default_max_tokens=self.settings.default_max_tokens,
-                max_waiting=self.settings.engine.max_waiting_requests)
+                max_waiting=self.settings.engine.max_waiting_requests,
+                limits=self.settings.limits)
             self.policy.loaded = True
             log.info("Serving %s (policy %s)", self.model_name, self.policy.version)
         except Exception as exc:  # surfaced by /health and the process exit code

@@ -1,12 +1,24 @@
-"""``rlhf serve``: one process, HTTP and gRPC, over one vLLM engine."""
+"""``rlhf serve``: one process, HTTP and gRPC, over one vLLM engine.
+
+Start-up checks run before the engine loads, so a mistake exits at once with a message
+(exit code 1) instead of a server that runs without a model or that clients cannot
+reach: ``--model`` must be a checkpoint directory; the HTTP and gRPC ports must be free
+(gRPC allows port sharing, so a second server would silently share the first's port);
+and a server without API keys binds a non-loopback address only with
+``--allow-open`` (RLHF_AUTH__ALLOW_OPEN=true), since every caller would be admin.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
+from pathlib import Path
 
 import uvicorn
 
+from core.auth import KeyRing
 from serving.http.app import build_app
 from serving.runtime import Runtime
 from serving.settings import ServeSettings
@@ -18,6 +30,12 @@ def resolve_model(settings: ServeSettings) -> tuple[str, str]:
     """The checkpoint to serve and its version label: ``--model``, else the registry's live
     policy."""
     if settings.model:
+        path = Path(settings.model).expanduser()
+        if not path.is_dir():
+            raise SystemExit(f"--model {settings.model}: no such checkpoint directory.")
+        if not (path / "config.json").is_file():
+            raise SystemExit(f"--model {settings.model}: not a checkpoint directory "
+                             f"(no config.json in it).")
         return settings.model, settings.policy_version or "base"
     from core.registry import Registry
 
@@ -32,9 +50,60 @@ def resolve_model(settings: ServeSettings) -> tuple[str, str]:
     return str(registry.path(live)), live
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname other than localhost: assume others can reach it
+
+
+def check_open_access(settings: ServeSettings) -> None:
+    """Refuse to serve without API keys on a non-loopback address unless allowed."""
+    if settings.auth.allow_open:
+        return
+    if (settings.auth.keys or settings.auth.keys_file) \
+            and not KeyRing.from_settings(settings.auth).open:
+        return
+    hosts = [settings.http.host] + ([settings.grpc.host] if settings.grpc.enabled else [])
+    exposed = [h for h in hosts if not is_loopback(h)]
+    if exposed:
+        raise SystemExit(
+            f"No API keys are configured and the server would listen on {exposed[0]}, so "
+            f"anyone who can reach it would be admin. Configure keys (--keys-file, "
+            f"RLHF_AUTH__KEYS_FILE or RLHF_AUTH__KEYS), bind 127.0.0.1 (--host), or pass "
+            f"--allow-open (RLHF_AUTH__ALLOW_OPEN=true) to serve without keys anyway.")
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(settings: ServeSettings) -> None:
+    """Exit with a message when the HTTP or gRPC port is already taken (0 = any port)."""
+    wanted = [("HTTP", settings.http.host, settings.http.port, "--port, RLHF_HTTP__PORT")]
+    if settings.grpc.enabled:
+        wanted.append(("gRPC", settings.grpc.host, settings.grpc.port,
+                       "--grpc-port, RLHF_GRPC__PORT"))
+    for name, host, port, flag in wanted:
+        if port and _port_taken(host, port):
+            raise SystemExit(f"The {name} port {port} on {host} is already in use; stop what "
+                             f"holds it or pick another ({flag}).")
+
+
 def serve(settings: ServeSettings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_open_access(settings)
+    check_ports(settings)
     model_path, version = resolve_model(settings)
     runtime = Runtime(settings, model_path, version)
     app = build_app(runtime)

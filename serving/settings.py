@@ -13,6 +13,33 @@ class HttpSettings(BaseModel):
     host: str = Field("0.0.0.0", description="Interface the HTTP server binds.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
     root_path: str = Field("", description="ASGI root path when served behind a proxy prefix.")
+    max_body_bytes: int = Field(
+        8 << 20, ge=1024, description="Largest request body accepted; bigger ones get 413 "
+                                      "before they are read (Content-Length) or as soon as "
+                                      "the streamed body passes it.")
+
+
+class LimitSettings(BaseModel):
+    """Per-request size limits, checked before any expensive work (``RLHF_LIMITS__…``).
+
+    Each refusal names its field: 413 for sizes (prompt characters), 400 for counts and
+    for prompts longer than the context in tokens.
+    """
+
+    max_prompt_chars: int = Field(
+        1_000_000, ge=1, description="Most characters in a prompt, or in all chat messages "
+                                     "together; checked before tokenising.")
+    max_messages: int = Field(
+        1024, ge=1, description="Most messages in one chat completion request.")
+    max_stop_chars: int = Field(
+        256, ge=1, description="Longest stop string (up to 8 may be given).")
+    max_n: int = Field(64, ge=1, le=64, description="Most choices (n) one request may ask for.")
+    max_feedback_batch: int = Field(
+        1000, ge=1, le=1000, description="Most items in one POST /v1/feedback/batch.")
+    offload_chars: int = Field(
+        20_000, ge=0, description="Prompts or chats longer than this are tokenised and "
+                                  "rendered on a worker thread, so the event loop (health "
+                                  "checks, streams) never waits for them.")
 
 
 class GrpcSettings(BaseModel):
@@ -22,6 +49,9 @@ class GrpcSettings(BaseModel):
     host: str = Field("0.0.0.0", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     max_workers: int = Field(32, ge=1, description="Concurrent RPCs served at once.")
+    max_receive_bytes: int = Field(
+        8 << 20, ge=1024, description="Largest request message accepted (RESOURCE_EXHAUSTED "
+                                      "beyond it).")
 
 
 class EngineSettings(BaseModel):
@@ -55,6 +85,7 @@ class ServeSettings(ProcessSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -17,15 +17,15 @@ def announce(kafka: KafkaSettings, version: str, kind: Kind, reason: str = "trai
     Raises the producer's KafkaError when no broker acknowledges within the timeout; the
     version is already in the registry then, so a retry only has to announce it again.
     """
-    from core.events import encode_event
+    from core.events import encode_event, event_headers
     from core.producer import make_producer
 
     event = PolicyEvent(type="candidate", version=version, kind=kind, reason=reason)
     producer = make_producer(kafka)
     try:
         timeout_s = kafka.request_timeout_ms / 1000
-        producer.send(kafka.topics.policy, key=version.encode(), value=encode_event(event)
-                      ).get(timeout=timeout_s)
+        producer.send(kafka.topics.policy, key=version.encode(), value=encode_event(event),
+                      headers=event_headers(event)).get(timeout=timeout_s)
     finally:
         producer.close(timeout=1)
     log.info("announced %s %s on %s", kind, version, kafka.topics.policy)

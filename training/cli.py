@@ -18,12 +18,16 @@ train_app = typer.Typer(help="Train models from the feedback store into the regi
                         no_args_is_help=True)
 reward_app = typer.Typer(help="Query reward-model versions.", no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", help="Recipe YAML (default: the packaged one).")
+ConfigOpt = typer.Option(None, "--config", help="Recipe YAML (default: <recipe>.yaml in "
+                         "RLHF_CONFIG_DIR when set, else the packaged one).")
 DbOpt = typer.Option(None, "--database-url", help="Feedback store URL (RLHF_DATABASE__URL).")
 RegOpt = typer.Option(None, "--registry", help="Registry root (RLHF_REGISTRY__ROOT).")
 BaseOpt = typer.Option(None, "--base", help="Start from this version id or checkpoint dir.")
 AnnounceOpt = typer.Option(True, "--announce/--no-announce",
-                           help="Publish a candidate event on rlhf.policy.")
+                           help="Publish a candidate event on rlhf.policy, so the deploy "
+                                "controller gates it. Before any reward model exists the "
+                                "gates cannot run: the version stays a candidate until "
+                                "`rlhf deploy promote VERSION --force`.")
 
 
 def _settings(database_url: str | None, registry: Path | None) -> TrainSettings:
@@ -62,7 +66,10 @@ def _run(recipe: str, config: Path | None, database_url: str | None, registry: P
 def sft(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
         registry: Path | None = RegOpt, base: str | None = BaseOpt,
         announce: bool = AnnounceOpt) -> None:
-    """Supervised fine-tuning on demonstrations → a new policy version."""
+    """Supervised fine-tuning on demonstrations → a new policy version.
+
+    The recipe is --config, else sft.yaml in RLHF_CONFIG_DIR, else the packaged one.
+    """
     _run("sft", config, database_url, registry, base, announce)
 
 
@@ -104,7 +111,8 @@ def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
     result = run(store=store, registry=Registry(settings.registry.root),
                  min_new_rankings=min_new_rankings or settings.min_new_rankings,
                  config_dir=settings.config_dir, kafka=settings.kafka if announce else None,
-                 on_step=prometheus_sink(settings.metrics_port, "ppo"))
+                 on_step=prometheus_sink(settings.metrics_port, "ppo"),
+                 reward_init=settings.reward_init)
     if result.did_nothing:
         typer.echo("nothing due: " + "; ".join(result.reasons), err=True)
     typer.echo(json.dumps({"versions": result.versions, "reasons": result.reasons}))

@@ -9,6 +9,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+"""The paper's values (a real model); ``DEMO_CONFIG_DIR`` holds the tiny model's."""
+DEMO_CONFIG_DIR = CONFIG_DIR / "demo"
 C = TypeVar("C", bound=BaseModel)
 
 

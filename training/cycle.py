@@ -8,7 +8,11 @@ registry alone, so running it twice with no new data does nothing the second tim
 * PPO is due when the newest reward model has not yet been applied to the parent policy
   (the live one; before any is live, the newest policy that is not a PPO candidate):
   neither the parent itself nor an existing candidate trained from it (awaiting the
-  deploy gates) names that reward model. Both stages start from that parent.
+  deploy gates) names that reward model. PPO starts from that parent; its KL reference is
+  the SFT version of the parent's lineage (``training.lineage.reference_of``), so the KL
+  penalty and the gates' KL budget bound the drift from SFT across every generation.
+* The reward model is initialised from the SFT version of the parent's lineage
+  (``reward_init="sft"``, InstructGPT), or from the parent itself (``"parent"``).
 
 A file lock in the registry keeps two cycles from overlapping; the registry's atomic
 version directories mean a crash leaves no half version.
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from core.registry import Manifest, Registry, RegistryError
 from core.settings import KafkaSettings
+from training.lineage import reference_of
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".train-cycle.lock"
@@ -133,9 +138,15 @@ def run_cycle(*, store, registry: Registry, min_new_rankings: int,
     return result
 
 
+def reward_base(registry: Registry, reward_init: str) -> str:
+    """The version the reward model starts from: the lineage's SFT version, or the parent."""
+    parent = cycle_parent(registry)
+    return reference_of(registry, parent) if reward_init == "sft" else parent
+
+
 def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path | None = None,
-          kafka: KafkaSettings | None = None, on_step=None, overrides: dict | None = None
-          ) -> CycleResult:
+          kafka: KafkaSettings | None = None, on_step=None, overrides: dict | None = None,
+          reward_init: str = "sft") -> CycleResult:
     """``run_cycle`` with the reward and PPO recipes and their YAML configs.
 
     ``config_dir`` holds ``reward.yaml`` and ``ppo.yaml`` overriding the packaged ones;
@@ -152,7 +163,8 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
 
     def train_reward() -> Manifest:
         cfg = load_config(reward.RewardConfig, config_path("reward.yaml"), "reward.yaml",
-                          {"base": cycle_parent(registry), **overrides.get("reward", {})})
+                          {"base": reward_base(registry, reward_init),
+                           **overrides.get("reward", {})})
         return reward.train(cfg, store=store, registry=registry, kafka=kafka)
 
     def train_ppo() -> Manifest:

@@ -11,6 +11,7 @@ Two batch shapes:
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,3 +113,34 @@ class GroupCollator:
 
     def __call__(self, groups: Sequence[RankedGroup]) -> dict[str, torch.Tensor]:
         return collate_groups(groups, self.pad_id)
+
+
+# -- prompt identity: near-duplicates and the fixed gate slice -------------------------------
+
+def normalise_prompt(prompt: str) -> str:
+    """Case-folded, whitespace-collapsed text: prompts equal under it are near-duplicates."""
+    return " ".join(prompt.casefold().split())
+
+
+def in_slice(prompt: str, share: float, salt: str) -> bool:
+    """Whether ``prompt`` falls in the ``share`` of prompts picked by a hash of its
+    normalised text (salted per purpose), the same on every machine and in every run."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(f"{salt}\0{normalise_prompt(prompt)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+GATE_SALT = "gate"
+"""Salt of the gate-prompt slice: PPO never trains on it; the deploy gates judge on it."""
+
+GOLD_SALT = "gold"
+"""Salt of the gold rankings: no reward model trains on them; they measure its accuracy."""
+
+JUDGE_SALT = "judge"
+"""Salt of the judge's rankings: only the held-out judge reward model trains on them."""
+
+
+def is_gate_prompt(prompt: str, share: float) -> bool:
+    """True for prompts of the held-out gate slice (``share`` of all prompts)."""
+    return in_slice(prompt, share, GATE_SALT)

@@ -43,3 +43,19 @@ def encode_pair(tokenizer, prompt: str, response: str, max_len: int) -> Encoded:
         p = p[len(p) - keep_p:]
         r = r[: max_len - keep_p]
     return Encoded(p + r, len(p))
+
+
+def stop_token_ids(model_dir, tokenizer) -> list[int]:
+    """Every id that ends an answer: the generation config's ``eos_token_id`` (an int or a
+    list, e.g. Llama 3's end-of-turn ids) and the tokenizer's EOS, first = the tokenizer's."""
+    from transformers import GenerationConfig
+
+    ids: list[int] = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    for i in [eos] if isinstance(eos, int) else (eos or []):
+        if i not in ids:
+            ids.append(int(i))
+    return ids

@@ -66,17 +66,25 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin)
 
 
-def cosine_optimizer(model: torch.nn.Module, cfg: Any, examples: int, per_step: int):
+def cosine_optimizer(model: torch.nn.Module, cfg: Any, examples: int, per_step: int,
+                     num_processes: int = 1):
     """AdamW with cosine decay to ``cfg.min_lr_ratio`` and no warm-up (InstructGPT's SFT and
     RM schedule); returns (optimizer, scheduler, steps) for ``cfg.epochs`` over ``examples``
-    taken ``per_step`` at a time, capped by ``cfg.max_steps``."""
+    taken ``per_step`` (global) at a time, capped by ``cfg.max_steps``.
+
+    With accelerate's default ``split_batches=False`` a prepared scheduler advances
+    ``num_processes`` times per ``step()`` call, so the schedule is laid out over
+    ``steps × num_processes`` scheduler steps: every process then follows the one-process
+    schedule, reaching the floor at the last update.
+    """
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(examples / per_step)
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=0, num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
+        optimizer, num_warmup_steps=0, num_training_steps=steps * num_processes,
+        min_lr_rate=cfg.min_lr_ratio)
     return optimizer, scheduler, steps
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -25,6 +26,9 @@ class TrainSettings(ProcessSettings):
         None, description="Directory of recipe YAML files overriding the packaged ones.")
     min_new_rankings: int = Field(
         50, ge=1, description="`train cycle` retrains the reward model after this many.")
+    reward_init: Literal["sft", "parent"] = Field(
+        "sft", description="`train cycle` starts the reward model from the SFT version of the "
+                           "live policy's lineage (InstructGPT) or from the live policy.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 disables it.")
     auth: AuthSettings = Field(
         default_factory=AuthSettings, description="API keys of `rlhf reward serve`.")

@@ -17,9 +17,9 @@ from training.tiny_model import CORPUS
 MARKER = "good"
 
 
-def hidden_score(text: str) -> int:
-    """The hidden rule: how many times the marker word occurs."""
-    return len(re.findall(rf"\b{MARKER}\b", text.lower()))
+def hidden_score(text: str, words: tuple[str, ...] = (MARKER,)) -> int:
+    """The hidden rule: how many times the marker word (or any of ``words``) occurs."""
+    return sum(len(re.findall(rf"\b{w}\b", text.lower())) for w in words)
 
 
 def corpus_sentences() -> list[str]:
@@ -27,10 +27,11 @@ def corpus_sentences() -> list[str]:
     return [ln for ln in lines if MARKER not in ln.lower()]
 
 
-def synthetic_response(rng: random.Random, sentences: list[str], markers: int) -> str:
+def synthetic_response(rng: random.Random, sentences: list[str], markers: int,
+                       word: str = MARKER) -> str:
     words = rng.choice(sentences).split()[:10]
     for _ in range(markers):
-        words.insert(rng.randrange(len(words) + 1), MARKER)
+        words.insert(rng.randrange(len(words) + 1), word)
     return " ".join(words)
 
 
@@ -40,8 +41,14 @@ def ranks_of(scores: list[int]) -> list[int]:
 
 
 def synthetic_rankings(n_prompts: int, k_min: int = 2, k_max: int = 5, seed: int = 0,
-                       source: str = "labeler") -> list[Ranking]:
-    """One Ranking per prompt, K uniform in [k_min, k_max], ranked by the hidden rule."""
+                       source: str = "labeler", words: tuple[str, ...] = (MARKER,)
+                       ) -> list[Ranking]:
+    """One Ranking per prompt, K uniform in [k_min, k_max], ranked by the hidden rule.
+
+    Each response carries 0–2 copies of one of ``words`` (drawn per response when there
+    are several) and ranks by ``hidden_score(·, words)``. Rankings that also reward a
+    second word make a *flawed* reward model for reward-hacking tests.
+    """
     rng, sentences = random.Random(seed), corpus_sentences()
     events = []
     for i in range(n_prompts):
@@ -49,10 +56,12 @@ def synthetic_rankings(n_prompts: int, k_min: int = 2, k_max: int = 5, seed: int
         counts = [rng.randint(0, 2) for _ in range(k)]
         if len(set(counts)) == 1:
             counts[0] = (counts[0] + 1) % 3
-        responses = [synthetic_response(rng, sentences, c) for c in counts]
+        chosen = [words[0] if len(words) == 1 else rng.choice(words) for _ in counts]
+        responses = [synthetic_response(rng, sentences, c, w) for c, w in zip(counts, chosen,
+                                                                               strict=True)]
         prompt = f"{rng.choice(sentences)} (#{i})"
         events.append(Ranking(prompt=prompt, responses=responses,
-                              ranks=ranks_of([hidden_score(r) for r in responses]),
+                              ranks=ranks_of([hidden_score(r, words) for r in responses]),
                               source=source))
     return events
 

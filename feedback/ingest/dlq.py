@@ -1,30 +1,55 @@
-"""The dead-letter topic: where records that fail to parse or validate go, with the reason.
+"""The dead-letter topic: where records that cannot be stored go, with the reason.
 
 Modelled on arroyo's ``dlq.py``: the original bytes are kept untouched and the reason
 and origin travel as headers (``error``, ``source_topic``, ``source_partition``,
-``source_offset``), so a record can be inspected and replayed later.
+``source_offset``), so a record can be inspected and replayed later. Every dead letter,
+whatever step produced it, is one :class:`DeadLetter`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from kafka import KafkaProducer
 
 from core.producer import make_producer
 from core.settings import KafkaSettings
 
+MAX_ERROR_BYTES = 4000
+"""The ``error`` header is cut to this many bytes (a DB message can quote the whole row)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record for the dead-letter topic: its bytes, key, why, and where it came from.
+
+    ``partition``/``offset`` are ``None`` when unknown (feedback parked before the store
+    recorded its origin); the headers then carry empty values.
+    """
+
+    value: bytes | None
+    key: bytes | None
+    reason: str
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return dlq_headers(self.reason, self.topic, self.partition, self.offset)
+
 
 def dlq_headers(error: str, topic: str, partition: int | None,
                 offset: int | None) -> list[tuple[str, bytes]]:
     """Headers of a dead-lettered record; partition/offset are empty when unknown."""
-    return [("error", error.encode()[:4000]), ("source_topic", topic.encode()),
+    return [("error", error.encode(errors="replace")[:MAX_ERROR_BYTES]),
+            ("source_topic", topic.encode()),
             ("source_partition", b"" if partition is None else str(partition).encode()),
             ("source_offset", b"" if offset is None else str(offset).encode())]
 
 
 class DeadLetterQueue:
-    """Sends bad records to the DLQ topic; ``flush`` waits for every ack."""
+    """Sends dead letters to the DLQ topic; ``flush`` waits for every ack."""
 
     def __init__(self, kafka: KafkaSettings):
         self._kafka = kafka
@@ -32,13 +57,11 @@ class DeadLetterQueue:
         self._producer: KafkaProducer | None = None
         self._futures: list = []
 
-    def send(self, value: bytes | None, key: bytes | None, error: str, topic: str,
-             partition: int | None, offset: int | None) -> None:
+    def send(self, letter: DeadLetter) -> None:
         if self._producer is None:
             self._producer = make_producer(self._kafka)
         self._futures.append(self._producer.send(
-            self.topic, value=value or b"", key=key,
-            headers=dlq_headers(error, topic, partition, offset)))
+            self.topic, value=letter.value or b"", key=letter.key, headers=letter.headers()))
 
     def flush(self) -> int:
         """Wait until everything sent is acknowledged; raises KafkaError otherwise."""

@@ -21,5 +21,10 @@ class IngestMetrics:
                          ["topic", "partition"], registry=r)
         self.batch_seconds = Histogram("rlhf:ingest_batch_seconds", "Time to parse, persist "
                                        "and commit one batch.", registry=r)
+        self.poisoned_batches = Counter(
+            "rlhf:ingest_poisoned_batches", "Batches the store refused for their contents "
+            "and wrote one event at a time.", registry=r)
+        self.expired = Counter("rlhf:ingest_expired", "Parked feedback dead-lettered "
+                               "because its completion did not arrive in time.", registry=r)
         self.db_retries = Counter("rlhf:ingest_db_retries", "Store writes retried after a "
                                   "database error.", registry=r)

@@ -5,6 +5,9 @@ high-water mark: one sequence across kinds, so "everything up to seq N" names ex
 the data a training run used. Each kind has its own table keyed by that ``seq``.
 Feedback that referenced a completion stores the resolved texts and policy version, so
 training never has to join back to completions.
+
+String lengths come from the bounds in ``core.events`` (which validation enforces), so an
+event that validates always fits; ``tests/unit/feedback`` compares the two.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from core.events import MAX_EVENT_ID_CHARS, MAX_FINISH_REASON_CHARS, MAX_NAME_CHARS
+
+EventId = String(MAX_EVENT_ID_CHARS)
+Name = String(MAX_NAME_CHARS)
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit sequence.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -35,17 +43,18 @@ class CompletionTable(Base):
     __tablename__ = "completions"
 
     id: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(128))
-    request_id: Mapped[str] = mapped_column(String(256), unique=True)
-    policy_version: Mapped[str] = mapped_column(String(256), index=True)
-    model: Mapped[str] = mapped_column(String(256))
+    event_id: Mapped[str] = mapped_column(EventId)
+    request_id: Mapped[str] = mapped_column(Name, unique=True)
+    policy_version: Mapped[str] = mapped_column(Name, index=True)
+    model: Mapped[str] = mapped_column(Name)
     endpoint: Mapped[str] = mapped_column(String(32))
     prompt: Mapped[str] = mapped_column(Text)
     messages: Mapped[list | None] = mapped_column(JSON, nullable=True)
     sampling_params: Mapped[dict] = mapped_column(JSON)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
-    user: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    user: Mapped[str | None] = mapped_column(Name, nullable=True)
+    purpose: Mapped[str] = mapped_column(String(8), default="train", server_default="train")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     choices: Mapped[list[CompletionChoiceTable]] = relationship(
@@ -59,7 +68,8 @@ class CompletionChoiceTable(Base):
         ForeignKey("completions.id", ondelete="CASCADE"), primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(Text)
-    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(String(MAX_FINISH_REASON_CHARS),
+                                                      nullable=True)
     completion_tokens: Mapped[int] = mapped_column(Integer)
 
 
@@ -69,12 +79,12 @@ class FeedbackTable(Base):
     __tablename__ = "feedback"
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    event_id: Mapped[str] = mapped_column(EventId, unique=True)
     kind: Mapped[str] = mapped_column(String(16), index=True)
     source: Mapped[str] = mapped_column(String(16))
-    submitted_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
-    request_id: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
-    policy_version: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    submitted_by: Mapped[str | None] = mapped_column(Name, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(Name, nullable=True, index=True)
+    policy_version: Mapped[str | None] = mapped_column(Name, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ranking: Mapped[RankingTable | None] = relationship(cascade="all, delete-orphan")
@@ -148,10 +158,13 @@ class PendingFeedbackTable(Base):
     __tablename__ = "pending_feedback"
 
     id: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
-    request_id: Mapped[str] = mapped_column(String(256), index=True)
+    event_id: Mapped[str] = mapped_column(EventId, unique=True)
+    request_id: Mapped[str] = mapped_column(Name, index=True)
     payload: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Where the feedback was read from, for the dead-letter headers if it is rejected later.
+    source_partition: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ProcessedEventTable(Base):
@@ -159,4 +172,8 @@ class ProcessedEventTable(Base):
 
     __tablename__ = "processed_events"
 
-    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    event_id: Mapped[str] = mapped_column(EventId, primary_key=True)
+
+
+# The labeling workbench's tables share this metadata, so Alembic sees them (migration 0003).
+from feedback.store import labeling_models as _labeling_models  # noqa: E402,F401

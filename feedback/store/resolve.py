@@ -3,7 +3,8 @@
 Pure functions, no session: given the completion a piece of feedback refers to (or
 ``None`` when it carries its own texts), build the ``FeedbackTable`` row with its kind's
 child row attached, or raise :class:`InvalidEvent` when the feedback does not fit the
-completion (a choice index beyond its ``n``).
+completion (a choice index beyond its ``n``) or may not judge it (a user judging a
+completion that another user requested).
 """
 
 from __future__ import annotations
@@ -34,22 +35,24 @@ Feedback = Ranking | Comparison | Rating | Demonstration
 
 @dataclass(frozen=True)
 class CompletionView:
-    """What feedback needs from its completion: the prompt, the choice texts, the version."""
+    """What feedback needs from its completion: the prompt, the choice texts, the version,
+    and who requested it (``None`` on an open API)."""
 
     request_id: str
     prompt: str
     policy_version: str
     texts: dict[int, str]
+    user: str | None = None
 
     @classmethod
     def of_event(cls, c: CompletionRecord) -> CompletionView:
         texts = {ch.index: ch.text for ch in c.choices}
-        return cls(c.request_id, c.prompt, c.policy_version, texts)
+        return cls(c.request_id, c.prompt, c.policy_version, texts, c.user)
 
     @classmethod
     def of_row(cls, c: CompletionTable) -> CompletionView:
         texts = {ch.idx: ch.text for ch in c.choices}
-        return cls(c.request_id, c.prompt, c.policy_version, texts)
+        return cls(c.request_id, c.prompt, c.policy_version, texts, c.user)
 
     def text(self, index: int, field: str) -> str:
         """The text of choice ``index``; InvalidEvent naming ``field`` if there is none."""
@@ -64,9 +67,26 @@ def needs_completion(event: Feedback) -> bool:
     return not isinstance(event, Demonstration) and event.request_id is not None
 
 
+def check_may_judge(event: Feedback, completion: CompletionView) -> None:
+    """A user may judge only the completions it requested; labelers and admins judge any.
+
+    ``completion.user`` is the key name of the caller that requested it and
+    ``event.submitted_by`` the key name of the caller that sent the feedback (serving sets
+    both from the API key). A completion without a user (open API) anyone may judge.
+    """
+    if event.source != "user" or completion.user is None:
+        return
+    if event.submitted_by != completion.user:
+        raise InvalidEvent(
+            f"submitted_by: {event.submitted_by!r} may judge only its own completions; "
+            f"completion {completion.request_id!r} was requested by another user")
+
+
 def build_feedback_row(event: Feedback, completion: CompletionView | None,
                        stored_at: datetime) -> FeedbackTable:
     """The row for one piece of feedback, with resolved texts. Raises InvalidEvent."""
+    if completion is not None and needs_completion(event):
+        check_may_judge(event, completion)
     row = FeedbackTable(
         event_id=event.event_id, kind=event.type, source=event.source,
         submitted_by=event.submitted_by, request_id=event.request_id,

@@ -3,12 +3,17 @@
 The same code runs on SQLite (the local default) and PostgreSQL (production). Writes are
 idempotent on ``event_id``: an event already in ``processed_events`` is skipped, so a
 crashed ingester that replays a batch never double-counts.
+
+Feedback the store will not take (a choice its completion lacks, a user judging another
+user's completion, feedback parked longer than its TTL) comes back as a
+:class:`Rejection` for the dead-letter topic, with the Kafka origin of the feedback when
+known (parked feedback remembers the partition and offset it was read from).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +30,9 @@ from core.events import (
     InvalidEvent,
     decode_event,
     encode_event,
+    event_key,
 )
+from feedback.store.errors import describe, is_transient
 from feedback.store.models import (
     ComparisonTable,
     CompletionChoiceTable,
@@ -67,6 +74,27 @@ class DemonstrationRow:
     response: str
 
 
+Origin = tuple[int, int]
+"""Where an event was read from: (partition, offset) on its topic."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Feedback that was not stored, for the dead-letter topic.
+
+    ``value`` is the event as JSON (the ingester sends the original bytes instead when the
+    record is in the batch at hand); ``partition``/``offset`` are its Kafka origin, ``None``
+    when unknown (feedback parked before the origin was recorded).
+    """
+
+    event_id: str
+    value: bytes
+    key: bytes | None
+    reason: str
+    partition: int | None = None
+    offset: int | None = None
+
+
 @dataclass
 class PersistResult:
     """What one ``persist`` call did. ``rejected`` events were not stored: dead-letter them."""
@@ -76,11 +104,26 @@ class PersistResult:
     pending: int = 0
     resolved: int = 0
     duplicates: int = 0
-    rejected: list[tuple[Event, InvalidEvent]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
         return self.completions + self.feedback + self.pending
+
+    def add(self, other: PersistResult) -> None:
+        """Fold another call's result into this one (the one-by-one fallback)."""
+        self.completions += other.completions
+        self.feedback += other.feedback
+        self.pending += other.pending
+        self.resolved += other.resolved
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+
+
+def _rejection(event: Event, reason: str, origin: Origin | None) -> Rejection:
+    partition, offset = origin if origin is not None else (None, None)
+    return Rejection(event.event_id, encode_event(event), event_key(event), reason,
+                     partition, offset)
 
 
 def postgres_driver(url: URL) -> URL:
@@ -150,14 +193,18 @@ class FeedbackStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def persist(self, events: Sequence[Event]) -> PersistResult:
+    def persist(self, events: Sequence[Event],
+                origins: Mapping[str, Origin] | None = None) -> PersistResult:
         """Store a batch in ONE transaction; idempotent on event_id.
 
         Feedback is joined to its completion (stored earlier or in this batch); feedback
-        whose completion is unknown is parked in ``pending_feedback`` and stored when the
-        completion arrives. Feedback that does not fit its completion is returned in
-        ``result.rejected`` (not stored, not marked processed) for the dead-letter topic.
+        whose completion is unknown is parked in ``pending_feedback`` (with its origin from
+        ``origins``, keyed by event_id) and stored when the completion arrives. Feedback that
+        does not fit its completion is returned in ``result.rejected`` (not stored, not
+        marked processed) for the dead-letter topic. Database errors propagate (see
+        ``feedback.store.errors`` for which of them are worth a retry).
         """
+        origins = origins or {}
         result = PersistResult()
         now = datetime.now(UTC)
         with self.engine.connect().execution_options(immediate=True) as conn:
@@ -170,7 +217,7 @@ class FeedbackStore:
                 arrived = dict(views)
                 views.update(self._load_views(s, feedback, views))
                 for fb in feedback:
-                    self._store_feedback(s, fb, views, now, result)
+                    self._store_feedback(s, fb, views, now, result, origins.get(fb.event_id))
                 self._resolve_pending(s, arrived, now, result)
         return result
 
@@ -226,18 +273,20 @@ class FeedbackStore:
         return {r.request_id: CompletionView.of_row(r) for r in rows}
 
     def _store_feedback(self, s: Session, fb: Feedback, views: dict[str, CompletionView],
-                        now: datetime, result: PersistResult) -> None:
+                        now: datetime, result: PersistResult, origin: Origin | None) -> None:
         """Store joined feedback, park it as pending, or reject it into ``result``."""
         if needs_completion(fb) and fb.request_id not in views:
             s.add(PendingFeedbackTable(event_id=fb.event_id, request_id=fb.request_id,
-                                       payload=encode_event(fb).decode(), received_at=now))
+                                       payload=encode_event(fb).decode(), received_at=now,
+                                       source_partition=origin[0] if origin else None,
+                                       source_offset=origin[1] if origin else None))
             s.add(ProcessedEventTable(event_id=fb.event_id))
             result.pending += 1
             return
         try:
             row = build_feedback_row(fb, views.get(fb.request_id or ""), now)
         except InvalidEvent as e:
-            result.rejected.append((fb, e))
+            result.rejected.append(_rejection(fb, e.reason, origin))
             return
         s.add(row)
         s.add(ProcessedEventTable(event_id=fb.event_id))
@@ -245,22 +294,77 @@ class FeedbackStore:
 
     def _resolve_pending(self, s: Session, arrived: dict[str, CompletionView],
                          now: datetime, result: PersistResult) -> None:
-        """Store the pending feedback whose completion arrived in this batch."""
+        """Store the pending feedback whose completion arrived in this batch.
+
+        Each parked event is written under its own SAVEPOINT, so one that the database
+        refuses is rejected alone instead of failing the completion that resolved it (the
+        completion itself is flushed first, outside any savepoint).
+        """
         if not arrived:
             return
         parked = s.scalars(select(PendingFeedbackTable)
                            .where(PendingFeedbackTable.request_id.in_(arrived))
                            .order_by(PendingFeedbackTable.id)).all()
+        if parked:
+            s.flush()
         for p in parked:
-            fb = decode_event(p.payload.encode())
-            try:
-                s.add(build_feedback_row(fb, arrived[p.request_id], now))  # type: ignore[arg-type]
+            reason = self._resolve_one(s, p, arrived[p.request_id], now)
+            if reason is None:
                 result.resolved += 1
-            except InvalidEvent as e:
-                result.rejected.append((fb, e))
+            else:
+                result.rejected.append(_parked_rejection(p, reason))
         if parked:
             s.execute(delete(PendingFeedbackTable)
                       .where(PendingFeedbackTable.id.in_([p.id for p in parked])))
+
+    def _resolve_one(self, s: Session, p: PendingFeedbackTable, completion: CompletionView,
+                     now: datetime) -> str | None:
+        """Store one parked event; the reason it cannot be stored, or None when it was."""
+        try:
+            fb = decode_event(p.payload.encode())
+            row = build_feedback_row(fb, completion, now)
+        except InvalidEvent as e:
+            return e.reason
+        try:
+            with s.begin_nested():
+                s.add(row)
+                s.flush()
+        except Exception as e:  # noqa: BLE001 - classified: transient ones propagate
+            if is_transient(e):
+                raise
+            return describe(e)
+        return None
+
+    def expire_pending(self, older_than: datetime,
+                       dead_letter: Callable[[list[Rejection]], None],
+                       limit: int = 1000) -> int:
+        """Give up on feedback parked since before ``older_than``: its completion never came.
+
+        ``dead_letter`` receives the expired feedback inside the transaction that deletes
+        it and must raise if it cannot deliver, so an expired event is either still parked
+        or delivered, never lost (a crash between delivery and commit delivers it twice).
+        Returns how many expired (at most ``limit`` per call).
+        """
+        expired = (select(PendingFeedbackTable)
+                   .where(PendingFeedbackTable.received_at < older_than)
+                   .order_by(PendingFeedbackTable.id).limit(limit))
+        with self._sessions() as s:  # cheap check first: no write lock when nothing expired
+            if s.scalar(select(PendingFeedbackTable.id).where(
+                    PendingFeedbackTable.received_at < older_than).limit(1)) is None:
+                return 0
+        with self.engine.connect().execution_options(immediate=True) as conn:
+            with Session(bind=conn) as s, s.begin():
+                self._serialize_writers(s)
+                rows = s.scalars(expired).all()
+                if not rows:
+                    return 0
+                dead_letter([_parked_rejection(
+                    p, f"pending_ttl: completion {p.request_id!r} did not arrive within "
+                       f"the pending TTL (parked since {p.received_at.isoformat()})")
+                    for p in rows])
+                s.execute(delete(PendingFeedbackTable)
+                          .where(PendingFeedbackTable.id.in_([p.id for p in rows])))
+        return len(rows)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -297,6 +401,28 @@ class FeedbackStore:
         with self._sessions() as s:
             return list(s.scalars(q))
 
+    def completion_mark(self) -> int:
+        """The largest completion id stored, 0 when empty; pins PPO's prompt pool."""
+        with self._sessions() as s:
+            return s.scalar(select(func.coalesce(func.max(CompletionTable.id), 0))) or 0
+
+    def prompt_pool(self, until: int | None = None, limit: int = 100_000
+                    ) -> list[tuple[str, str | None]]:
+        """(prompt, user) of completions with id ≤ ``until``, newest first, one row per
+        distinct pair; completions logged with ``purpose = "eval"`` are left out when the
+        table has that column. PPO dedupes, caps per user and drops gate prompts."""
+        newest = func.max(CompletionTable.id)
+        q = select(CompletionTable.prompt, CompletionTable.user)
+        if until is not None:
+            q = q.where(CompletionTable.id <= until)
+        purpose = getattr(CompletionTable, "purpose", None)
+        if purpose is not None:
+            q = q.where((purpose.is_(None)) | (purpose != "eval"))
+        q = (q.group_by(CompletionTable.prompt, CompletionTable.user)
+             .order_by(newest.desc()).limit(limit))
+        with self._sessions() as s:
+            return [(p, u) for p, u in s.execute(q).all()]
+
     def counts(self, until: int | None = None) -> dict[str, int]:
         """Rows per kind (feedback up to ``until``), plus completions and pending."""
         q = select(FeedbackTable.kind, func.count()).group_by(FeedbackTable.kind)
@@ -313,6 +439,11 @@ class FeedbackStore:
         with self._sessions() as s:
             row = s.scalar(select(CompletionTable).where(CompletionTable.request_id == request_id))
             return _completion_event(row) if row else None
+
+
+def _parked_rejection(p: PendingFeedbackTable, reason: str) -> Rejection:
+    return Rejection(p.event_id, p.payload.encode(), p.request_id.encode(), reason,
+                     p.source_partition, p.source_offset)
 
 
 def _window(q, since: int, until: int | None, seq=FeedbackTable.seq):  # type: ignore[no-untyped-def]
@@ -340,7 +471,8 @@ def _completion_row(c: CompletionRecord, now: datetime) -> CompletionTable:
         event_id=c.event_id, request_id=c.request_id, policy_version=c.policy_version,
         model=c.model, endpoint=c.endpoint, prompt=c.prompt, messages=c.messages,
         sampling_params=c.sampling_params, prompt_tokens=c.prompt_tokens,
-        completion_tokens=c.completion_tokens, user=c.user, created_at=c.created_at,
+        completion_tokens=c.completion_tokens, user=c.user, purpose=c.purpose,
+        created_at=c.created_at,
         stored_at=now,
         choices=[CompletionChoiceTable(idx=ch.index, text=ch.text, finish_reason=ch.finish_reason,
                                        completion_tokens=ch.completion_tokens)
@@ -354,6 +486,6 @@ def _completion_event(row: CompletionTable) -> CompletionRecord:
         endpoint=row.endpoint,  # type: ignore[arg-type]
         prompt=row.prompt, messages=row.messages, sampling_params=row.sampling_params,
         prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
-        user=row.user,
+        user=row.user, purpose=row.purpose,  # type: ignore[arg-type]
         choices=[CompletionChoice(index=c.idx, text=c.text, finish_reason=c.finish_reason,
                                   completion_tokens=c.completion_tokens) for c in row.choices])

@@ -27,7 +27,9 @@ class GrpcServer:
     def __init__(self, runtime: Runtime, keyring: KeyRing):
         self.runtime = runtime
         settings = runtime.settings.grpc
-        self.server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_workers * 64)
+        self.server = grpc.aio.server(
+            maximum_concurrent_rpcs=settings.max_workers * 64,
+            options=[("grpc.max_receive_message_length", settings.max_receive_bytes)])
         inference_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(runtime, keyring), self.server)
         feedback_pb2_grpc.add_FeedbackServicer_to_server(

@@ -1,9 +1,14 @@
 """gRPC servicers: convert protobuf to the handlers' request types, call the same handlers
-the HTTP routes call, convert back. Errors become status codes; no logic of its own."""
+the HTTP routes call, convert back. Errors become status codes; no logic of its own.
+
+Ids and markers mirror HTTP: the response's ``request_id`` (the completion id feedback
+refers to) is always generated here; a ``request_id`` field or ``x-request-id`` metadata
+from the client is its correlation id, recorded on the completion event and echoed in
+the ``x-request-id`` response metadata. Metadata ``x-rlhf-eval: 1`` logs the completion
+with ``purpose="eval"``; ``x-rlhf-store: false`` does not log it at all.
+"""
 
 from __future__ import annotations
-
-import uuid
 
 import grpc
 from pydantic import TypeAdapter
@@ -17,6 +22,7 @@ from serving import protocol as p
 from serving.grpc import convert
 from serving.grpc.errors import grpc_errors
 from serving.handlers.generation import RequestContext
+from serving.http.middleware import client_request_id, is_eval, new_request_id
 from serving.runtime import Runtime
 
 _feedback_list = TypeAdapter(list[FeedbackEvent])
@@ -29,9 +35,26 @@ def _caller(keyring: KeyRing, context: grpc.aio.ServicerContext,
                              minimum_role)
 
 
-def _request_id(msg: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> str:
+def _context(msg: pb.GenerateRequest, context: grpc.aio.ServicerContext,
+             caller: Caller) -> RequestContext:
     md = dict(context.invocation_metadata() or ())
-    return msg.request_id or md.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+    return RequestContext(
+        request_id=new_request_id(), user=caller.name,
+        client_request_id=client_request_id(msg.request_id or md.get("x-request-id")),
+        purpose="eval" if is_eval(md.get("x-rlhf-eval")) else "train")
+
+
+def _request(msg: pb.GenerateRequest, context: grpc.aio.ServicerContext,
+             stream: bool) -> p.CompletionRequest | p.ChatCompletionRequest:
+    req = convert.to_request(msg, stream=stream)
+    md = dict(context.invocation_metadata() or ())
+    if str(md.get("x-rlhf-store", "")).strip().lower() in ("0", "false", "no"):
+        req.store = False
+    return req
+
+
+def _echo(ctx: RequestContext) -> tuple[tuple[str, str], ...]:
+    return (("x-request-id", ctx.client_request_id),) if ctx.client_request_id else ()
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -41,15 +64,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     @grpc_errors
     async def Generate(self, request, context):
         caller = _caller(self.keyring, context)
-        req = convert.to_request(request, stream=False)
-        ctx = RequestContext(request_id=_request_id(request, context), user=caller.name)
+        req = _request(request, context, stream=False)
+        ctx = _context(request, context, caller)
         handler = self.runtime.generation_handler()
         if isinstance(req, p.ChatCompletionRequest):
             result: p.CompletionResponse | p.ChatCompletionResponse = \
                 await handler.chat(req, ctx)
         else:
             result = await handler.complete(req, ctx)
-        await context.send_initial_metadata((("x-policy-version", result.policy_version),))
+        await context.send_initial_metadata(
+            (("x-policy-version", result.policy_version), *_echo(ctx)))
         return convert.to_response(result)
 
     @grpc_errors
@@ -60,8 +84,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         chunks = None
         try:
             caller = _caller(self.keyring, context)
-            req = convert.to_request(request, stream=True)
-            ctx = RequestContext(request_id=_request_id(request, context), user=caller.name)
+            req = _request(request, context, stream=True)
+            ctx = _context(request, context, caller)
+            context.set_trailing_metadata(_echo(ctx))
             handler = self.runtime.generation_handler()
             chunks = handler.chat_stream(req, ctx) if isinstance(req, p.ChatCompletionRequest) \
                 else handler.complete_stream(req, ctx)

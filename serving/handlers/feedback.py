@@ -1,12 +1,17 @@
-"""Feedback submission: validate, stamp the source from the API key, publish, acknowledge.
+"""Feedback submission: validate, stamp the attribution from the API key, publish, ack.
 
 ``202 Accepted`` means the Kafka broker acknowledged the event (idempotent producer,
 ``acks=all``); if it cannot, the caller gets 503 and may resubmit with the same
-``event_id``, which the store deduplicates.
+``event_id``, which the store deduplicates. An event too large for Kafka is a 413
+naming its largest field, before anything of the request is sent.
+
+Attribution never comes from the body: ``source`` is the key's role and ``submitted_by``
+the key's id (None when the API is open); values the body sends for them are ignored.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from core.auth import Caller
-from core.errors import BrokerUnavailable, ServiceUnavailable
+from core.errors import BrokerUnavailable, PayloadTooLarge, ServiceUnavailable
 from core.errors import UnprocessableEntity as InvalidFeedback
 from core.events import (
     Comparison,
@@ -24,7 +29,7 @@ from core.events import (
     Ranking,
     Rating,
 )
-from core.producer import FeedbackPublisher
+from core.producer import MAX_REQUEST_BYTES, FeedbackPublisher, RecordTooLarge, fits
 
 
 class FeedbackAck(BaseModel):
@@ -83,10 +88,11 @@ def _indices(item: EventBase) -> list[tuple[str, int]]:
 
 class FeedbackHandler:
     def __init__(self, publisher: FeedbackPublisher | None, topic: str,
-                 recent: RecentCompletions):
+                 recent: RecentCompletions, max_batch: int = 1000):
         self.publisher = publisher
         self.topic = topic
         self.recent = recent
+        self.max_batch = max_batch
 
     def _prepare(self, item: FeedbackEvent, caller: Caller, where: str = "") -> EventBase:
         n = self.recent.choices_of(getattr(item, "request_id", None))
@@ -94,27 +100,47 @@ class FeedbackHandler:
             if n is not None and index >= n:
                 raise InvalidFeedback(f"{where}{field}: choice {index} does not exist; the "
                                       f"completion has {n} choices", param=where + field)
-        return item.model_copy(update={"source": caller.feedback_source,
-                                       "submitted_by": item.submitted_by or caller.name})
+        event = item.model_copy(update={"source": caller.feedback_source,
+                                        "submitted_by": caller.name})
+        if not fits(event):
+            raise _too_large(event, where)
+        return event
 
     async def submit(self, item: FeedbackEvent, caller: Caller) -> FeedbackAck:
         event = self._prepare(item, caller)
-        await self._publish([event])
+        await self._publish([event], single=True)
         return FeedbackAck(event_id=event.event_id)
 
     async def submit_batch(self, items: Sequence[FeedbackEvent],
                            caller: Caller) -> FeedbackBatchAck:
         """All items are validated before any is sent."""
+        if len(items) > self.max_batch:
+            raise InvalidFeedback(f"items: {len(items)} items; at most {self.max_batch} per "
+                                  f"batch (RLHF_LIMITS__MAX_FEEDBACK_BATCH)", param="items")
         events = [self._prepare(it, caller, where=f"items.{i}.") for i, it in enumerate(items)]
         await self._publish(events)
         return FeedbackBatchAck(acks=[FeedbackAck(event_id=e.event_id) for e in events])
 
-    async def _publish(self, events: list[EventBase]) -> None:
+    async def _publish(self, events: list[EventBase], single: bool = False) -> None:
         if self.publisher is None:
             raise ServiceUnavailable("Feedback is disabled on this server (no Kafka broker "
                                     "configured: RLHF_PUBLISH_EVENTS=false).")
         try:
             await self.publisher.publish_batch(self.topic, events)
+        except RecordTooLarge as exc:  # the broker's own limit is lower than ours
+            where = "" if single else f"items.{exc.index}."
+            raise _too_large(events[exc.index], where) from exc
         except BrokerUnavailable as exc:
             raise BrokerUnavailable(f"The feedback broker is unavailable; nothing was "
                                     f"recorded, retry with the same event_id: {exc}") from exc
+
+
+def _too_large(event: EventBase, where: str) -> PayloadTooLarge:
+    """413 naming the event's largest field (the one to shorten)."""
+    sizes = {name: len(json.dumps(value, default=str))
+             for name, value in event.model_dump(mode="json").items()}
+    field = max(sizes, key=lambda name: sizes[name])
+    return PayloadTooLarge(f"{where}{field}: this {getattr(event, 'type', 'event')} is too "
+                           f"large to record (Kafka accepts {MAX_REQUEST_BYTES} bytes per "
+                           f"event; {field} alone is {sizes[field]} bytes as JSON)",
+                           param=where + field)

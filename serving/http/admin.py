@@ -12,9 +12,10 @@ from pydantic import BaseModel, Field
 from core.auth import Caller
 from core.errors import Conflict
 from core.http import require_role
+from serving.protocol import error_responses
 from serving.swap import REPLICA, SwapFailed, apply
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=error_responses(401, 403, 409, 413))
 
 
 class PolicySwap(BaseModel):

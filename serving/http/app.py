@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.http import install_error_handlers
 from serving.http.admin import router as admin_router
 from serving.http.feedback import router as feedback_router
-from serving.http.middleware import RequestIdMiddleware
+from serving.http.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from serving.http.openai import router as openai_router
 from serving.runtime import Runtime
 
@@ -58,6 +58,8 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     install_error_handlers(app, openai_paths=OPENAI_PATHS)
+    # Added last is outermost: ids and metrics wrap the size limit, so a 413 has both.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.http.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, metrics=runtime.metrics)
     return app
 

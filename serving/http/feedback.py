@@ -10,8 +10,9 @@ from core.auth import Caller
 from core.events import FeedbackEvent
 from core.http import require_role
 from serving.handlers.feedback import FeedbackAck, FeedbackBatchAck, FeedbackHandler
+from serving.protocol import error_responses
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], responses=error_responses(400, 401, 403, 413, 503))
 
 
 class FeedbackBatchCreate(BaseModel):

@@ -8,10 +8,11 @@ from core.auth import Caller
 from core.http import require_role
 from serving import protocol as p
 from serving.handlers.generation import GenerationHandler, RequestContext
+from serving.http.middleware import EVAL_HEADER, is_eval
 from serving.http.responses import json_or_abort as _json
 from serving.http.responses import sse as _sse
 
-router = APIRouter()
+router = APIRouter(responses=p.error_responses(400, 401, 403, 404, 413, 429, 503))
 
 
 def handler_of(request: Request) -> GenerationHandler:
@@ -19,7 +20,11 @@ def handler_of(request: Request) -> GenerationHandler:
 
 
 def context_of(request: Request, caller: Caller) -> RequestContext:
-    return RequestContext(request_id=request.scope["state"]["request_id"], user=caller.name)
+    state = request.scope["state"]
+    return RequestContext(request_id=state["request_id"], user=caller.name,
+                          client_request_id=state.get("client_request_id"),
+                          purpose="eval" if is_eval(request.headers.get(EVAL_HEADER))
+                          else "train")
 
 
 @router.get("/v1/models", response_model=p.ModelList)

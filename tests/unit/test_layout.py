@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("core", "serving", "feedback", "training", "deploy", "rlhf", "protos")
+PACKAGES = ("core", "serving", "feedback", "training", "deploy", "rlhf", "protos",
+            "labeling")
 
 # package → the project packages it may import (itself always allowed).
 ALLOWED: dict[str, set[str]] = {
@@ -22,8 +23,9 @@ ALLOWED: dict[str, set[str]] = {
     "feedback": {"core"},
     "serving": {"core", "protos"},
     "training": {"core", "feedback"},
-    "deploy": {"core", "feedback", "training"},
-    "rlhf": {"core", "feedback", "serving", "training", "deploy", "protos"},
+    "deploy": {"core", "feedback", "training", "labeling"},
+    "labeling": {"core", "feedback", "training"},
+    "rlhf": {"core", "feedback", "serving", "training", "deploy", "protos", "labeling"},
 }
 
 # Third-party modules core must not import at module level (it is imported by every

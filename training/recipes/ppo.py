@@ -3,11 +3,21 @@
 Each step samples a batch of prompts from real traffic (the store's completion log), has
 the vLLM engine answer them, scores every response with the reward model (normalised by
 its stored bias) and pays a per-token KL penalty β·(log π − log π_ref) against the frozen
-parent policy. Advantages come from GAE with γ = 1; the update is the clipped PPO policy
-loss, the clipped value loss of a value model initialised from the reward model, and the
-PPO-ptx term γ_ptx · LM loss on demonstrations (or the shipped corpus). After every step
-the new weights are loaded into the running engine in place (``RolloutEngine``).
-The result is a candidate policy version in the registry.
+*reference*: the SFT version the PPO chain started from (``training.lineage``), not the
+parent, so that PPO started from an earlier PPO result is still anchored to SFT and the
+KL bounds the cumulative drift. Answers cut at ``max_new_tokens`` are scored as
+``truncation`` says (default: a fixed penalty). Advantages come from GAE with γ = 1; the
+update is the clipped PPO policy loss, the clipped value loss of a value model
+initialised from the reward model (or the previous PPO version's value model when it was
+trained against the same reward model), and the PPO-ptx term γ_ptx · LM loss on
+``ptx_ratio`` pretraining sequences per episode from ``ptx_source``. After every step the
+new weights are loaded into the running engine in place (``RolloutEngine``). The result
+is a candidate policy version in the registry; its manifest records ``reference``.
+
+Prompts come from the completion log up to the run's prompt mark (recorded in the
+manifest): near-duplicates merged, at most ``max_prompts_per_user`` per user, never a
+prompt of the deploy gates' held-out slice (``gate_holdout_share``), never a completion
+logged for evaluation (``purpose = "eval"``).
 
 Run: ``rlhf train ppo --config training/configs/ppo.yaml``.
 """
@@ -22,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +54,15 @@ from training.advantages import (
     whiten,
 )
 from training.config import RunConfig
-from training.datasets import TrainingDataError, sft_example, split_by_prompt
-from training.formatting import render_prompt
+from training.datasets import (
+    TrainingDataError,
+    is_gate_prompt,
+    normalise_prompt,
+    sft_example,
+    split_by_prompt,
+)
+from training.formatting import render_prompt, stop_token_ids
+from training.lineage import reference_of
 from training.losses import (
     entropy_from_logits,
     masked_mean,
@@ -74,6 +91,10 @@ class PPOConfig(RunConfig):
 
     reward_model: str | None = Field(
         None, description="Reward version to optimise against; None = the newest one.")
+    reference: str | None = Field(
+        None, min_length=1,
+        description="Frozen KL reference (version or checkpoint dir); None = the SFT version "
+                    "of the base's lineage (an SFT version is its own reference).")
     episodes: int = Field(256, ge=1, description="Responses sampled in all (paper: 256k).")
     batch_size: int = Field(16, ge=1, description="Prompts per rollout (paper: 512).")
     minibatch_size: int = Field(8, ge=1, description="Episodes per update (paper: 64).")
@@ -91,8 +112,31 @@ class PPOConfig(RunConfig):
     clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip ε (paper: 0.2).")
     value_clip_eps: float = Field(0.2, gt=0, description="Value clip around old values.")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
-    ptx_coef: float = Field(1.0, ge=0, description="γ_ptx (paper 27.8; 0 = plain PPO).")
-    ptx_batch_size: int = Field(8, ge=1, description="LM-loss sequences per update.")
+    ptx_coef: float = Field(27.8, ge=0, description="γ_ptx (paper 27.8; 0 = plain PPO).")
+    ptx_ratio: float = Field(
+        8.0, gt=0, description="Pretraining sequences per RL episode in each update (paper 8).")
+    ptx_source: Literal["file", "demonstrations", "corpus"] = Field(
+        "file", description="PPO-ptx data: `file` = ptx_file; `demonstrations` = the store's "
+                            "demonstrations; `corpus` = the packaged toy corpus (tests, demo).")
+    ptx_file: Path | None = Field(
+        None, description="Text (chunked into max_len tokens) or JSONL (`text`, or `prompt` + "
+                          "`response` with the loss on the response) for ptx_source=file.")
+    truncation: Literal["penalty", "no_eos", "append_eos"] = Field(
+        "penalty", description="Answers cut at max_new_tokens: `penalty` = RM score (closed "
+                               "by EOS) minus truncation_penalty; `no_eos` = RM score of the "
+                               "text as it stands, no EOS; `append_eos` = close with EOS and "
+                               "score as finished.")
+    truncation_penalty: float = Field(
+        1.0, ge=0, description="Reward subtracted from a truncated answer (truncation=penalty).")
+    gate_holdout_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of prompts (hash of the normalised text) kept for "
+                                     "the deploy gates and never trained on; must equal "
+                                     "RLHF_GATES__HOLDOUT_SHARE.")
+    max_prompts_per_user: int = Field(
+        200, ge=1, description="Most prompts from one user id (paper: 200).")
+    value_warm_start: bool = Field(
+        True, description="Start the value model from the base PPO version's value model when "
+                          "that run used the same reward model (else from the reward model).")
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="Publish an EMA of the weights (paper: 0.992).")
     prompt_limit: int = Field(2000, ge=1, description="Most recent distinct prompts used.")
@@ -108,9 +152,32 @@ class PPOConfig(RunConfig):
 
 # -- data ------------------------------------------------------------------------------------
 
-def load_prompts(store, cfg: PPOConfig) -> tuple[list[str], str]:
-    """Distinct recent prompts of real traffic, else the fallback file; (prompts, source)."""
-    prompts = store.recent_prompts(limit=cfg.prompt_limit)
+def select_prompts(rows: Sequence[tuple[str, str | None]], cfg: PPOConfig) -> list[str]:
+    """PPO's pool from (prompt, user) rows, newest first: near-duplicates (same normalised
+    text) merged, at most ``max_prompts_per_user`` per user, gate-slice prompts dropped,
+    at most ``prompt_limit`` prompts."""
+    seen: set[str] = set()
+    per_user: dict[str | None, int] = {}
+    out: list[str] = []
+    for prompt, user in rows:
+        key = normalise_prompt(prompt)
+        if not key or key in seen or is_gate_prompt(prompt, cfg.gate_holdout_share):
+            continue
+        if user is not None and per_user.get(user, 0) >= cfg.max_prompts_per_user:
+            continue
+        seen.add(key)
+        per_user[user] = per_user.get(user, 0) + 1
+        out.append(prompt)
+        if len(out) >= cfg.prompt_limit:
+            break
+    return out
+
+
+def load_prompts(store, cfg: PPOConfig, prompt_mark: int | None = None
+                 ) -> tuple[list[str], str]:
+    """PPO's prompts of real traffic up to ``prompt_mark`` (see ``select_prompts``), else
+    the fallback file; (prompts, source)."""
+    prompts = select_prompts(store.prompt_pool(until=prompt_mark), cfg)
     if prompts:
         return prompts, "completions"
     path = Path(cfg.prompt_file)
@@ -118,7 +185,8 @@ def load_prompts(store, cfg: PPOConfig) -> tuple[list[str], str]:
         raise TrainingDataError(f"no completions in the feedback store and prompt_file {path} "
                                 "does not exist; serve some traffic or set prompt_file")
     lines = list(dict.fromkeys(ln.strip() for ln in path.read_text().splitlines()))
-    return [ln for ln in lines if ln], "prompt_file"
+    return [ln for ln in lines
+            if ln and not is_gate_prompt(ln, cfg.gate_holdout_share)], "prompt_file"
 
 
 def encode_prompt(tokenizer, prompt: str, max_prompt_len: int) -> list[int]:
@@ -127,19 +195,67 @@ def encode_prompt(tokenizer, prompt: str, max_prompt_len: int) -> list[int]:
     return ids[-max_prompt_len:]
 
 
-def load_ptx(store, data_mark: int, tokenizer, max_len: int) -> tuple[list[dict], str]:
-    """PPO-ptx sequences: demonstrations (loss on the response), else corpus lines."""
-    demos = store.demonstrations(until=data_mark)
-    if demos:
-        return [sft_example(tokenizer, d.prompt, d.response, max_len) for d in demos], \
-            "demonstrations"
-    lines = [ln for ln in CORPUS.read_text().splitlines() if ln.strip()]
+def lm_examples(tokenizer, texts: Sequence[str], max_len: int) -> list[dict]:
+    """Each text cut into windows of at most ``max_len`` tokens (the last closed by EOS),
+    the loss on every token."""
     examples = []
-    for ln in lines:
-        ids = tokenizer(ln, add_special_tokens=False)["input_ids"][:max_len - 1]
-        ids.append(tokenizer.eos_token_id)
-        examples.append({"input_ids": ids, "labels": list(ids)})
-    return examples, "corpus"
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for start in range(0, len(ids), max_len):
+            window = ids[start:start + max_len]
+            if len(window) > 1:
+                examples.append({"input_ids": window, "labels": list(window)})
+    return examples
+
+
+def read_ptx_file(path: Path, tokenizer, max_len: int) -> list[dict]:
+    """``ptx_file``: JSONL rows ``{"text"}`` or ``{"prompt", "response"}``, or plain text
+    whose blank-line-separated documents are LM sequences."""
+    if not path.is_file():
+        raise TrainingDataError(f"ptx_file {path} does not exist")
+    if path.suffix == ".jsonl":
+        examples, texts = [], []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if isinstance(row, dict) and "prompt" in row and "response" in row:
+                examples.append(sft_example(tokenizer, row["prompt"], row["response"], max_len))
+            elif isinstance(row, dict) and isinstance(row.get("text"), str):
+                texts.append(row["text"])
+            else:
+                raise TrainingDataError(f"ptx_file {path} line {n}: expected an object with "
+                                        "`text`, or `prompt` and `response`")
+        return examples + lm_examples(tokenizer, texts, max_len)
+    documents = [d.strip() for d in path.read_text().split("\n\n") if d.strip()]
+    return lm_examples(tokenizer, documents, max_len)
+
+
+def load_ptx(cfg: PPOConfig, store, data_mark: int, tokenizer) -> tuple[list[dict], str]:
+    """PPO-ptx sequences from ``cfg.ptx_source``; no silent fallback to the toy corpus.
+
+    Returns ([], "none") when ``ptx_coef`` is 0. Raises TrainingDataError naming the
+    setting when the chosen source is missing or empty.
+    """
+    if cfg.ptx_coef == 0:
+        return [], "none"
+    if cfg.ptx_source == "demonstrations":
+        demos = store.demonstrations(until=data_mark)
+        if not demos:
+            raise TrainingDataError(f"ptx_source is demonstrations but the store has none up "
+                                    f"to mark {data_mark}; set ptx_file or ptx_coef: 0")
+        return [sft_example(tokenizer, d.prompt, d.response, cfg.max_len) for d in demos], \
+            "demonstrations"
+    if cfg.ptx_source == "corpus":
+        lines = [ln for ln in CORPUS.read_text().splitlines() if ln.strip()]
+        return lm_examples(tokenizer, lines, cfg.max_len), "corpus"
+    if cfg.ptx_file is None:
+        raise TrainingDataError("ptx_coef > 0 needs pretraining data: set ptx_file (text or "
+                                "JSONL), or ptx_source: demonstrations, or ptx_coef: 0")
+    examples = read_ptx_file(Path(cfg.ptx_file), tokenizer, cfg.max_len)
+    if not examples:
+        raise TrainingDataError(f"ptx_file {cfg.ptx_file} holds no text")
+    return examples, f"file:{cfg.ptx_file}"
 
 
 def ptx_batches(examples: list[dict], batch_size: int, pad_id: int, seed: int
@@ -224,17 +340,42 @@ class ValueModel(nn.Module):
         return self.rm.head(hidden.gather(1, index)).squeeze(-1) + self.rm.bias  # (B, R)
 
 
+def scored_sequence(sample: Sample, stop_ids: Sequence[int], truncation: str) -> list[int]:
+    """Prompt + response as the reward model reads it.
+
+    A finished answer (it sampled a stop id) is closed by EOS as the RM was trained, if the
+    engine did not return the stop id. A truncated one is closed the same way under
+    ``penalty`` (the RM judges its content; ``truncation_adjustment`` then subtracts the
+    penalty) and ``append_eos`` (scored as if finished), and scored as it stands, without
+    EOS, under ``no_eos``.
+    """
+    ids = sample.prompt_ids + sample.response_ids
+    ended = bool(sample.response_ids) and sample.response_ids[-1] in stop_ids
+    if not ended and (sample.finished or truncation != "no_eos"):
+        ids = ids + [stop_ids[0]]
+    return ids
+
+
+def truncation_adjustment(samples: Sequence[Sample], truncation: str, penalty: float
+                          ) -> torch.Tensor:
+    """(B,) −penalty for answers cut at max_new_tokens under ``truncation="penalty"``."""
+    cut = [0.0 if s.finished or truncation != "penalty" else -penalty for s in samples]
+    return torch.tensor(cut)
+
+
 @torch.no_grad()
-def reward_scores(reward_model: RewardModel, samples: Sequence[Sample], eos_id: int,
-                  pad_id: int, device) -> torch.Tensor:
-    """(B,) normalised reward of each prompt + response, closed by EOS as the RM was trained."""
-    seqs = [s.prompt_ids + s.response_ids + ([] if s.response_ids[-1:] == [eos_id] else [eos_id])
-            for s in samples]
+def reward_scores(reward_model: RewardModel, samples: Sequence[Sample], stop_ids: Sequence[int],
+                  pad_id: int, device, truncation: str = "penalty",
+                  truncation_penalty: float = 0.0) -> torch.Tensor:
+    """(B,) normalised reward of each prompt + response, truncated answers handled as
+    ``truncation`` says (``scored_sequence``, ``truncation_adjustment``)."""
+    seqs = [scored_sequence(s, stop_ids, truncation) for s in samples]
     ids, mask = pad_batch(seqs, pad_id)
     hidden = reward_model.backbone(input_ids=ids.to(device), attention_mask=mask.to(device)
                                    ).last_hidden_state
     last = last_token_hidden(hidden, mask.to(device))  # (B, H)
-    return reward_model.head(last).squeeze(-1) + reward_model.bias
+    score = reward_model.head(last).squeeze(-1) + reward_model.bias
+    return score + truncation_adjustment(samples, truncation, truncation_penalty).to(score)
 
 
 class EMA:
@@ -292,11 +433,11 @@ def rollout(engine: RolloutEngine | None, accelerator: Accelerator, prompt_ids, 
 
 @torch.no_grad()
 def score_episodes(samples, policy, ref, value_model, reward_model, kl_coef: float,
-                   cfg: PPOConfig, tokenizer, device) -> Scored:
+                   cfg: PPOConfig, tokenizer, stop_ids: Sequence[int], device) -> Scored:
     """Reward, reference and old log-probs, values, then KL-penalised GAE advantages."""
     ep = pack_episodes(samples, tokenizer.pad_token_id).to(device)
-    score = reward_scores(reward_model, samples, tokenizer.eos_token_id,
-                          tokenizer.pad_token_id, device)  # (B,)
+    score = reward_scores(reward_model, samples, stop_ids, tokenizer.pad_token_id, device,
+                          cfg.truncation, cfg.truncation_penalty)  # (B,)
     old_logprobs = response_logprobs(policy, ep, cfg.temperature)  # (B, R)
     ref_logprobs = response_logprobs(ref, ep, cfg.temperature)
     old_values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
@@ -335,14 +476,17 @@ def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter
                          cfg.clip_eps)
     vl = value_loss(values, batch.old_values[rows], batch.returns[rows], mask,
                     cfg.value_clip_eps)
-    # The policy's gradients are all-reduced once, in the ptx backward below.
-    with accelerator.no_sync(policy):
+    if ptx_iter is None:  # plain PPO (ptx_coef 0)
         accelerator.backward(pl.loss + cfg.vf_coef * vl)
-    ptx = next(ptx_iter)
-    ptx = {k: v.to(accelerator.device) for k, v in ptx.items()}
-    lm = ptx_loss(policy(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]
-                         ).logits, ptx["labels"], cfg.ptx_coef)
-    accelerator.backward(lm)
+        lm = torch.zeros(())
+    else:
+        # The policy's gradients are all-reduced once, in the ptx backward below.
+        with accelerator.no_sync(policy):
+            accelerator.backward(pl.loss + cfg.vf_coef * vl)
+        ptx = {k: v.to(accelerator.device) for k, v in next(ptx_iter).items()}
+        lm = ptx_loss(policy(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]
+                             ).logits, ptx["labels"], cfg.ptx_coef)
+        accelerator.backward(lm)
     accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
     accelerator.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
     optimizer.step()
@@ -370,7 +514,8 @@ def rollout_stats(batch: Scored, accelerator: Accelerator) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(engine: RolloutEngine, prompts: list[str], prompt_ids, policy, ref,
-             reward_model, tokenizer, cfg: PPOConfig, device) -> tuple[dict[str, float],
+             reward_model, tokenizer, stop_ids: Sequence[int], cfg: PPOConfig, device
+             ) -> tuple[dict[str, float],
                                                                        list[dict]]:
     """Reward and KL of fresh samples on held-out prompts (fixed seeds), and the samples."""
     samples = engine.generate(prompt_ids, max_tokens=cfg.max_new_tokens,
@@ -378,8 +523,8 @@ def evaluate(engine: RolloutEngine, prompts: list[str], prompt_ids, policy, ref,
     samples = [s if s.response_ids else Sample(s.prompt_ids, [0], [0.0], False)
                for s in samples]
     ep = pack_episodes(samples, tokenizer.pad_token_id).to(device)
-    score = reward_scores(reward_model, samples, tokenizer.eos_token_id,
-                          tokenizer.pad_token_id, device)
+    score = reward_scores(reward_model, samples, stop_ids, tokenizer.pad_token_id, device,
+                          cfg.truncation, cfg.truncation_penalty)
     kl = ((response_logprobs(policy, ep, cfg.temperature)
            - response_logprobs(ref, ep, cfg.temperature)) * ep.mask).sum(1)
     rows = [{"prompt": p, "response": tokenizer.decode(s.response_ids, skip_special_tokens=True),
@@ -403,6 +548,40 @@ def resolve_reward(registry: Registry, version: str | None) -> str:
     return version
 
 
+def resolve_reference(registry: Registry, cfg: PPOConfig, base_path: Path,
+                      base: str | None) -> tuple[Path, str]:
+    """(checkpoint dir, name recorded as ``reference``) of the frozen KL reference.
+
+    ``cfg.reference`` if set (a version or a directory); else the SFT version of the
+    base's lineage (``training.lineage.reference_of``); a base given as a directory is
+    its own reference.
+    """
+    if cfg.reference is not None:
+        path, version = resolve_base(registry, cfg.reference)
+        return path, version or str(path)
+    if base is None:
+        return base_path, str(base_path)
+    version = reference_of(registry, base)
+    return registry.path(version), version
+
+
+VALUE_DIR = "value"
+"""Sub-directory of a PPO version holding its value model (a reward-model checkpoint)."""
+
+
+def value_start(registry: Registry, base: str | None, rm_version: str, warm: bool
+                ) -> tuple[Path, str]:
+    """(checkpoint, label) the value model starts from: the base PPO version's value model
+    when it was trained against ``rm_version`` (and ``warm``), else the reward model
+    itself (InstructGPT)."""
+    if warm and base is not None:
+        manifest = registry.get(base)
+        saved = registry.path(base) / VALUE_DIR
+        if manifest.config.get("reward_model") == rm_version and saved.is_dir():
+            return saved, f"{base}/{VALUE_DIR}"
+    return registry.path(rm_version), rm_version
+
+
 def make_engine(path: Path, cfg: PPOConfig, accelerator: Accelerator) -> RolloutEngine | None:
     """The rollout engine, on the main process only (it broadcasts the samples)."""
     if not accelerator.is_main_process:
@@ -421,7 +600,8 @@ def sync_engine(engine: RolloutEngine | None, policy, accelerator: Accelerator) 
 
 def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | None = None,
           on_step: Callable[[dict[str, float]], None] | None = None) -> Manifest:
-    """PPO-ptx from the parent policy against a reward model; returns the candidate version."""
+    """PPO-ptx from the base policy against a reward model, KL-anchored to the lineage's
+    SFT version; returns the candidate version."""
     t0 = time.monotonic()
     accelerator = make_accelerator(cfg)
     device = accelerator.device
@@ -429,35 +609,47 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         raise ValueError(f"batch_size {cfg.batch_size} must divide over "
                          f"{accelerator.num_processes} processes")
 
-    # 1. Snapshot the store; parent policy, reward model, prompts of real traffic, ptx data.
+    # 1. Snapshot the store; parent policy, its lineage's reference, reward model, prompts
+    #    of real traffic up to the prompt mark, ptx data.
     snap = snapshot(store)
+    prompt_mark = store.completion_mark()
     parent_path, parent = resolve_base(registry, cfg.base)
+    ref_path, reference = resolve_reference(registry, cfg, parent_path, parent)
     rm_version = resolve_reward(registry, cfg.reward_model)
     tokenizer = AutoTokenizer.from_pretrained(parent_path)
-    prompts, prompt_source = load_prompts(store, cfg)
+    stop_ids = stop_token_ids(parent_path, tokenizer)
+    prompts, prompt_source = load_prompts(store, cfg, prompt_mark)
     train_prompts, eval_prompts = split_by_prompt(prompts, lambda p: p, cfg.eval_fraction,
                                                   cfg.seed)
     eval_prompts = eval_prompts[:cfg.eval_max_prompts]
     max_prompt_len = cfg.max_len - cfg.max_new_tokens
-    ptx_examples, ptx_source = load_ptx(store, snap.data_mark, tokenizer, cfg.max_len)
-    ptx_iter = ptx_batches(ptx_examples, max(cfg.ptx_batch_size // accelerator.num_processes, 1),
-                           tokenizer.pad_token_id, cfg.seed + accelerator.process_index)
+    ptx_examples, ptx_source = load_ptx(cfg, store, snap.data_mark, tokenizer)
+    per_process = max(cfg.minibatch_size // accelerator.num_processes, 1)
+    ptx_iter = ptx_batches(ptx_examples, max(round(cfg.ptx_ratio * per_process), 1),
+                           tokenizer.pad_token_id, cfg.seed + accelerator.process_index
+                           ) if ptx_examples else None
 
-    # 2. Models: the policy (trained), the frozen reference (the parent), the frozen reward
-    #    model, and the value model initialised from it; one optimiser, constant LR.
+    # 2. Models: the policy (trained), the frozen reference (the lineage's SFT version),
+    #    the frozen reward model, and the value model; one optimiser, constant LR.
     policy = AutoModelForCausalLM.from_pretrained(parent_path, dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(parent_path, dtype=torch.float32
+    ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32
                                                ).to(device).eval().requires_grad_(False)
+    if ref.config.vocab_size != policy.config.vocab_size:
+        raise ValueError(f"reference {reference} and {parent} do not share a vocabulary")
     reward_model = RewardModel.from_pretrained(registry.path(rm_version)
                                                ).to(device).eval().requires_grad_(False)
     if reward_model.backbone.config.vocab_size != policy.config.vocab_size:
         raise ValueError(f"{rm_version} and {parent} do not share a vocabulary")
-    value_model = ValueModel(RewardModel.from_pretrained(registry.path(rm_version)))
+    value_path, value_init = value_start(registry, parent, rm_version, cfg.value_warm_start)
+    value_model = ValueModel(RewardModel.from_pretrained(value_path))
     optimizer = torch.optim.AdamW([
         {"params": policy.parameters(), "lr": cfg.lr},
         {"params": value_model.parameters(), "lr": cfg.value_lr or cfg.lr}],
         weight_decay=cfg.weight_decay)
-    scheduler = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    # accelerate steps a prepared scheduler once per process per call (split_batches=False),
+    # so its warm-up is counted in process-steps.
+    scheduler = get_constant_schedule_with_warmup(
+        optimizer, cfg.warmup_steps * accelerator.num_processes)
     policy, value_model, optimizer, scheduler = accelerator.prepare(
         policy, value_model, optimizer, scheduler)
     ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay else None
@@ -476,7 +668,7 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         if engine is None or not eval_prompts:
             return
         result, rows = evaluate(engine, eval_prompts, eval_ids, accelerator.unwrap_model(policy),
-                                ref, reward_model, tokenizer, cfg, device)
+                                ref, reward_model, tokenizer, stop_ids, cfg, device)
         metrics.log(step, "eval", **result)
         samples_log[name] = rows
 
@@ -498,7 +690,7 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         # 4b. Score them: reward at the last token − β per-token KL; GAE advantages.
         policy.eval()
         batch = score_episodes(samples, policy, ref, value_model, reward_model, kl_ctl.value,
-                               cfg, tokenizer, device)
+                               cfg, tokenizer, stop_ids, device)
         policy.train()
         clock.append(time.perf_counter())
         # 4c. Clipped PPO + clipped value + ptx updates over minibatches.
@@ -536,13 +728,17 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
     if not save_model(accelerator, policy, staging):
         return shared_result(accelerator, registry, None, "policy", staging)
     tokenizer.save_pretrained(staging)
+    if not cfg.fsdp:
+        accelerator.unwrap_model(value_model).rm.save_pretrained(staging / VALUE_DIR)
     (staging / "eval_samples.json").write_text(json.dumps(samples_log, indent=1))
     final = final_metrics(metrics, sync_s, steps=steps, reward_model=rm_version,
                           prompt_source=prompt_source, ptx_source=ptx_source,
+                          prompt_mark=prompt_mark, value_init=value_init,
                           train_prompts=len(train_prompts), eval_prompts=len(eval_prompts))
     manifest = publish(
         registry, "policy", staging, parent=parent, snap=snap,
-        config={"recipe": "ppo", **cfg.model_dump(mode="json"), "reward_model": rm_version},
+        config={"recipe": "ppo", **cfg.model_dump(mode="json"), "reward_model": rm_version,
+                "reference": reference, "prompt_mark": prompt_mark},
         metrics=final, timing={"train_s": train_s, "total_s": time.monotonic() - t0},
         records=metrics.records,
         plot_keys=["reward_mean", "kl_to_ref", "entropy", "value_loss", "clip_fraction",

@@ -16,7 +16,9 @@ import random
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -26,11 +28,15 @@ from transformers import AutoTokenizer
 
 from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
+from feedback.store.store import PreferenceGroup
 from training.config import RunConfig
 from training.datasets import (
+    GOLD_SALT,
+    JUDGE_SALT,
     GroupCollator,
     RankedGroup,
     TrainingDataError,
+    in_slice,
     ranked_group,
     split_by_prompt,
 )
@@ -56,18 +62,72 @@ class RewardConfig(RunConfig):
     min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Cosine decays to this × lr.")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Prompts held out for eval.")
     bias_max_samples: int = Field(512, ge=1, description="Most samples used for the bias.")
+    gold_share: float = Field(
+        0.05, ge=0, lt=1, description="Share of ranked prompts (hash of the normalised text) "
+                                      "no reward model trains on; the RM's pairwise accuracy "
+                                      "on them is recorded as metrics.gold_accuracy.")
+    role: Literal["optimised", "judge"] = Field(
+        "optimised", description="`optimised`: the RM PPO optimises, trained outside the judge "
+                                 "slice; `judge`: a held-out judge for the deploy gates, "
+                                 "trained only on the judge slice.")
+    judge_share: float = Field(
+        0.0, ge=0, lt=1, description="Share of ranked prompts (hash) reserved for the judge "
+                                     "RM; 0 = no judge slice (optimised RMs use all).")
+    train_on_user_feedback: bool = Field(
+        False, description="Train on rankings/comparisons from `user` keys too; by default "
+                           "only labeler and admin feedback trains, user feedback is kept "
+                           "for evaluation.")
 
 
-def load_groups(store, snap: Snapshot, tokenizer, max_len: int) -> list[RankedGroup]:
-    """Rankings and comparisons up to the mark, tokenised; groups of ties only dropped."""
-    rows = store.preference_groups(until=snap.data_mark)
+TRAINING_SOURCES = ("labeler", "admin")
+"""Feedback sources that train by default; ``user`` feedback only when enabled."""
+
+
+def partition(rows: Sequence[PreferenceGroup], cfg: RewardConfig
+              ) -> tuple[list[PreferenceGroup], list[PreferenceGroup]]:
+    """(rows this RM may train on, gold rows).
+
+    Gold = prompts of the fixed gold slice, whatever their source: never trained on.
+    The rest must come from a training source (``train_on_user_feedback``) and sit on
+    this RM's side of the judge slice (``role``, ``judge_share``).
+    """
+    gold = [g for g in rows if in_slice(g.prompt, cfg.gold_share, GOLD_SALT)]
+    usable = []
+    for g in rows:
+        if in_slice(g.prompt, cfg.gold_share, GOLD_SALT):
+            continue
+        if g.source not in TRAINING_SOURCES and not cfg.train_on_user_feedback:
+            continue
+        if in_slice(g.prompt, cfg.judge_share, JUDGE_SALT) != (cfg.role == "judge"):
+            continue
+        usable.append(g)
+    return usable, gold
+
+
+def tokenise_groups(tokenizer, rows: Sequence[PreferenceGroup], max_len: int
+                    ) -> list[RankedGroup]:
     groups = [ranked_group(tokenizer, g.prompt, g.responses, g.ranks, max_len) for g in rows]
-    usable = [g for g in groups if g is not None]
+    return [g for g in groups if g is not None]
+
+
+def load_groups(store, snap: Snapshot, tokenizer, cfg: RewardConfig
+                ) -> tuple[list[RankedGroup], list[RankedGroup]]:
+    """(training groups, gold groups) up to the mark, tokenised; ties-only groups dropped."""
+    rows = store.preference_groups(until=snap.data_mark)
+    trainable, gold = partition(rows, cfg)
+    if rows and not trainable:
+        users = sum(g.source not in TRAINING_SOURCES for g in rows)
+        raise TrainingDataError(
+            f"none of the {len(rows)} rankings/comparisons up to mark {snap.data_mark} may "
+            f"train this reward model: {len(gold)} are gold (gold_share), {users} come from "
+            f"user keys (train_on_user_feedback: false), the rest sit outside this role's "
+            f"side of the judge slice (role {cfg.role}, judge_share {cfg.judge_share})")
+    usable = tokenise_groups(tokenizer, trainable, cfg.max_len)
     if not usable:
         raise TrainingDataError(
             f"no ranking or comparison with an untied pair in the feedback store up to mark "
             f"{snap.data_mark} ({len(rows)} groups, all ties); submit rankings first")
-    return usable
+    return usable, tokenise_groups(tokenizer, gold, cfg.max_len)
 
 
 def forward_groups(model, batch: dict[str, torch.Tensor]):
@@ -125,7 +185,7 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     snap = snapshot(store)
     base_path, parent = resolve_base(registry, cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    groups = load_groups(store, snap, tokenizer, cfg.max_len)
+    groups, gold_groups = load_groups(store, snap, tokenizer, cfg)
 
     # 2. Split by prompt: no prompt is in both train and eval.
     train_groups, eval_groups = split_by_prompt(groups, lambda g: g.prompt, cfg.eval_fraction,
@@ -140,7 +200,8 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     # 3. The base policy's transformer plus a scalar head; optimiser and schedule.
     model = RewardModel.from_causal_lm(base_path)
     optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_groups),
-                                                   cfg.groups_per_batch)
+                                                   cfg.groups_per_batch,
+                                                   accelerator.num_processes)
     # Every process evaluates the whole held-out set, so eval_loader is not sharded.
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler)
@@ -178,6 +239,9 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     bar.close()
     train_s = time.monotonic() - t_train
 
+    gold = (evaluate(model, DataLoader(gold_groups, batch_size=per_process, collate_fn=collate),
+                     accelerator.device) if gold_groups else {})
+
     # 5. Normalise: the bias makes demonstrations (else policy samples) average 0.
     rm = accelerator.unwrap_model(model)
     samples, source = bias_samples(store, snap, cfg.bias_max_samples, cfg.seed)
@@ -194,7 +258,9 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
                 if k not in ("step", "split", "elapsed_s")},
              "train_loss": metrics.last("train").get("loss"), "steps": step, "bias": bias,
              "bias_source": source, "train_groups": len(train_groups),
-             "eval_groups": len(eval_groups), "comparisons_per_s": comparisons / train_s}
+             "eval_groups": len(eval_groups), "comparisons_per_s": comparisons / train_s,
+             "gold_groups": len(gold_groups), "gold_accuracy": gold.get("accuracy"),
+             "role": cfg.role}
     manifest = publish(
         registry, "reward", staging, parent=parent, snap=snap,
         config={"recipe": "reward", **cfg.model_dump(mode="json")}, metrics=final,

@@ -95,7 +95,8 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
                               collate_fn=collate)
     eval_loader = DataLoader(eval_set, batch_size=per_process, collate_fn=collate)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_set), cfg.batch_size)
+    optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_set), cfg.batch_size,
+                                                   accelerator.num_processes)
     # Every process evaluates the whole held-out set, so eval_loader is not sharded.
     model, optimizer, train_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, scheduler)

@@ -140,7 +140,7 @@ deploy-controller) and the API keys (serving and deploy-controller, the same key
       key: {{ ternary $db.existingSecretKey "database-url" $external }}
 {{- end }}
 {{- $auth := $ctx.Values.auth }}
-{{- if and (has $component (list "serving" "deploy-controller")) (or $auth.keys $auth.existingSecret) }}
+{{- if and (has $component (list "serving" "deploy-controller")) (not $auth.allowOpen) }}
 - name: RLHF_AUTH__KEYS
   valueFrom:
     secretKeyRef:
@@ -229,6 +229,9 @@ RLHF_FOLLOW_POLICY_EVENTS: {{ $s.followPolicyEvents | quote }}
 RLHF_PUBLISH_EVENTS: {{ $s.publishEvents | quote }}
 RLHF_EVENT_BUFFER_SIZE: {{ $s.eventBufferSize | int64 | quote }}
 RLHF_DEFAULT_MAX_TOKENS: {{ $s.defaultMaxTokens | int64 | quote }}
+{{- if .Values.auth.allowOpen }}
+RLHF_AUTH__ALLOW_OPEN: "true"
+{{- end }}
 {{- end }}
 
 {{/* IngestSettings (rlhf ingest) */}}
@@ -248,6 +251,7 @@ RLHF_METRICS_PORT: {{ $s.metricsPort | int64 | quote }}
 RLHF_DATABASE__ECHO: {{ .Values.database.echo | quote }}
 RLHF_REGISTRY__ROOT: {{ .Values.registry.mountPath | quote }}
 RLHF_MIN_NEW_RANKINGS: {{ .Values.training.minNewRankings | int64 | quote }}
+RLHF_METRICS_PORT: {{ .Values.training.metricsPort | int64 | quote }}
 {{- if .Values.training.recipes }}
 RLHF_CONFIG_DIR: "/etc/rlhf/recipes"
 {{- end }}
@@ -283,4 +287,7 @@ RLHF_GATES__REWARD_MODEL: {{ . | quote }}
 RLHF_GATES__REFERENCE: {{ . | quote }}
 {{- end }}
 RLHF_GATES__DEVICE: {{ ternary "cuda" "cpu" $s.gpu.enabled | quote }}
+{{- if .Values.auth.allowOpen }}
+RLHF_AUTH__ALLOW_OPEN: "true"
+{{- end }}
 {{- end }}

@@ -25,8 +25,19 @@ securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- end }}
 
-{{/* nodeSelector, tolerations and affinity of a component's values */}}
+{{/* Pod-level scheduling of a component's values: nodeSelector, tolerations, affinity,
+     topologySpreadConstraints, priorityClassName, runtimeClassName. */}}
 {{- define "rlhf.podPlacement" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .runtimeClassName }}
+runtimeClassName: {{ . | quote }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- with .nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -51,4 +62,29 @@ affinity:
 {{- $_ := set $res "requests" (merge (default dict $res.requests) $gpus) }}
 {{- end }}
 {{- toYaml $res }}
+{{- end }}
+
+{{/* A component's own init containers (values.<component>.initContainers). */}}
+{{- define "rlhf.initContainers" -}}
+{{- with .initContainers }}
+initContainers:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The env list of a process: the chart's secret references, then the component's own
+     `env` entries. include "rlhf.containerEnv" (list . component values) */}}
+{{- define "rlhf.containerEnv" -}}
+{{- include "rlhf.env" (list (index . 0) (index . 1)) }}
+{{- with (index . 2).env }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* envFrom of a process: the chart's ConfigMaps, then the component's own `envFrom`. */}}
+{{- define "rlhf.containerEnvFrom" -}}
+{{- include "rlhf.envFrom" (list (index . 0) (index . 1)) }}
+{{- with (index . 2).envFrom }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}

@@ -6,7 +6,8 @@ carries ``LEVER`` there, and no layer writes to it), so after the final norm it 
 positive constant at every position. The LM head's column 0 then adds a fixed logit
 boost to chosen tokens, and nothing else changes. The *live* policy has column 0 at zero;
 a candidate boosts the marker word (the reward model's hidden rule: higher reward), or
-EOS (much shorter answers: length drift), by ``strength``.
+EOS (much shorter answers: length drift), or ``HACK`` (a word only a flawed reward model
+rewards: reward hacking), by ``strength``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from core.registry import Registry
 from training.synthetic import MARKER
 
 LEVER = 0.1
+HACK = "farm"
+"""A word absent from the corpus, one token with its leading space in the tiny vocabulary."""
 
 
-def marker_token_ids(tokenizer) -> list[int]:
-    """Ids of the marker word's single-token spellings (with and without a space)."""
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (MARKER, " " + MARKER)]
+def marker_token_ids(tokenizer, word: str = MARKER) -> list[int]:
+    """Ids of ``word``'s single-token spellings (with and without a space)."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (word, " " + word)]
     return sorted({i[0] for i in ids if len(i) == 1})
 
 
@@ -45,8 +48,9 @@ def steered_policy(base: Path, out: Path, boost: dict[int, float]) -> Path:
 
 
 def add_policy(registry: Registry, base: Path, work: Path, name: str, parent: str,
-               boost: dict[int, float]) -> str:
-    """Register a steered policy as the next version; returns its id."""
+               boost: dict[int, float], config: dict | None = None) -> str:
+    """Register a steered policy as the next version; returns its id. ``config`` joins
+    the manifest's config (e.g. ``recipe``/``reference``/``reward_model`` of a PPO result)."""
     src = steered_policy(base, work / name, boost)
-    return registry.create_version("policy", src, {"parent": parent,
-                                                   "config": {"test_policy": name}}).version
+    return registry.create_version("policy", src, {
+        "parent": parent, "config": {"test_policy": name, **(config or {})}}).version

@@ -28,15 +28,17 @@ from deploy.notices import decode_policy_event
 from deploy.settings import DeploySettings, GateSettings
 from feedback.store import FeedbackStore
 from tests.fixtures.kafka import produce_raw, read_topic, wait_for
-from tests.integration.deploy.deploy_policies import add_policy, marker_token_ids
+from tests.integration.deploy.deploy_policies import HACK, add_policy, marker_token_ids
 from training.announce import announce
-from training.config import load_config
+from training.config import DEMO_CONFIG_DIR, load_config
 from training.recipes import reward
-from training.synthetic import synthetic_demonstrations, synthetic_rankings
+from training.synthetic import MARKER, synthetic_demonstrations, synthetic_rankings
 
 TRAFFIC = ["Say something nice.", "Describe your day.", "What is a cat?"]
-GATES = {"num_prompts": 12, "max_new_tokens": 24, "batch_size": 12}
-LIVE, BETTER, COPY, TERSE, WILD = (f"policy-000{i}" for i in range(1, 6))
+GATES = {"num_prompts": 12, "max_new_tokens": 24, "batch_size": 24, "samples_per_prompt": 2,
+         "holdout_share": 1.0}  # every traffic prompt is a gate prompt here
+LIVE, BETTER, COPY, TERSE, WILD, HACKED = (f"policy-000{i}" for i in range(1, 7))
+HONEST_RM, FLAWED_RM = "reward-0001", "reward-0002"
 
 
 def traffic(prompts: list[str]) -> list[CompletionRecord]:
@@ -48,7 +50,9 @@ def traffic(prompts: list[str]) -> list[CompletionRecord]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_base) -> Path:
-    """registry/ and feedback.db: base, reward-0001, live policy-0001, candidates 2…5."""
+    """registry/ and feedback.db: base, reward-0001 (the hidden rule), reward-0002 (flawed:
+    it also rewards HACK), live policy-0001, candidates 2…6 (PPO-like manifests anchored
+    to the live policy as their SFT reference)."""
     root = tmp_path_factory.mktemp("deploy-world")
     registry = Registry(root / "registry")
     registry.register_base(tiny_base)
@@ -57,19 +61,29 @@ def world(tmp_path_factory, tiny_base) -> Path:
     store.persist(synthetic_rankings(80, k_min=2, k_max=5, seed=1))
     store.persist(synthetic_demonstrations(24, seed=2))
     store.persist(traffic(TRAFFIC))
-    cfg = load_config(reward.RewardConfig, None, "reward.yaml",
-                      {"lr": 1e-3, "epochs": 2, "max_len": 64, "progress": False})
+    cfg = load_config(reward.RewardConfig, DEMO_CONFIG_DIR / "reward.yaml", "reward.yaml",
+                      {"lr": 1e-3, "epochs": 2, "max_len": 64})
     reward.train(cfg, store=store, registry=registry)
     store.close()
+    flawed = FeedbackStore(f"sqlite:///{root / 'flawed.db'}")
+    flawed.migrate()
+    flawed.persist(synthetic_rankings(80, k_min=2, k_max=5, seed=3, words=(MARKER, HACK)))
+    flawed.persist(synthetic_demonstrations(24, seed=2))
+    reward.train(cfg, store=flawed, registry=registry)
+    flawed.close()
     tok = AutoTokenizer.from_pretrained(tiny_base)
     marker, eos = marker_token_ids(tok), tok.eos_token_id
+    hack = marker_token_ids(tok, HACK)
     work = root / "work"
-    for name, parent, boost in [("live", "policy-0000", {}),
-                                ("better", LIVE, {t: 1.5 for t in marker}),
-                                ("copy", LIVE, {}),
-                                ("terse", LIVE, {eos: 3.0}),
-                                ("wild", LIVE, {t: 4.0 for t in marker})]:
-        add_policy(registry, tiny_base, work, name, parent, boost)
+    ppo_like = {"recipe": "ppo", "reference": LIVE, "reward_model": HONEST_RM}
+    for name, parent, boost, config in [
+            ("live", "policy-0000", {}, {}),
+            ("better", LIVE, {t: 1.5 for t in marker}, ppo_like),
+            ("copy", LIVE, {}, ppo_like),
+            ("terse", LIVE, {eos: 3.0}, ppo_like),
+            ("wild", LIVE, {t: 4.0 for t in marker}, ppo_like),
+            ("hacked", LIVE, {t: 1.5 for t in hack}, {**ppo_like, "reward_model": FLAWED_RM})]:
+        add_policy(registry, tiny_base, work, name, parent, boost, config)
     registry.set_live(LIVE, "bootstrap")
     return root
 
@@ -123,10 +137,13 @@ def test_copy_of_live_fails_only_the_improvement_gate(home):
     assert g["kl"].value == pytest.approx(0.0, abs=1e-6) and g["length_drift"].value == 0.0
     assert (report.against, report.reference, report.reward_model) == (LIVE, LIVE,
                                                                        "reward-0001")
-    assert report.prompts == {"total": 12, "traffic": 3, "fallback": 9}
+    assert report.prompts == {"total": 12, "traffic": 3, "eval_file": 0, "fallback": 9}
+    assert report.samples_per_prompt == 2 and report.judge_model is None
+    assert g["reward_improvement"].lower == g["reward_improvement"].upper == 0.0
     on_disk = json.loads((registry.path(COPY) / "gates.json").read_text())
     assert on_disk["status"] == "failed" and on_disk["failed"] == ["reward_improvement"]
     assert on_disk["gates"]["reward_improvement"]["threshold"] == 0.01
+    assert on_disk["gates"]["win_rate"]["lower"] == 0.5  # bounds are recorded
     assert on_disk["reasons"][0].startswith("reward_improvement: ")
     assert registry.verify(COPY) == []  # gates.json is not part of the version's files
     assert registry.live_policy() == LIVE
@@ -138,8 +155,12 @@ def test_better_candidate_passes_and_thresholds_decide(home):
     assert passed.status == "passed", passed.reasons
     improvement, kl = passed.gates["reward_improvement"].value, passed.gates["kl"].value
     assert improvement > 0.01 and 0 < kl < 10 and passed.gates["win_rate"].value > 0.5
+    lower = passed.gates["reward_improvement"].lower
+    assert lower is not None and 0.01 <= lower <= improvement
 
-    strict = GateSettings(**GATES, min_reward_improvement=improvement + 0.01, max_kl=kl / 2)
+    # a threshold between the lower bound and the mean fails: the gain could be luck
+    strict = GateSettings(**GATES, min_reward_improvement=(lower + improvement) / 2,
+                          max_kl=kl / 2)
     failed = evaluate_and_record(registry, BETTER, strict)
     assert failed.failed == ["reward_improvement", "kl"]
     # seeded: the same measurements, only the thresholds moved
@@ -157,6 +178,25 @@ def test_gates_catch_length_drift_and_kl_blowup(home):
     wild = evaluate_and_record(registry, WILD, GateSettings(**GATES))
     assert "kl" in wild.failed and wild.gates["kl"].value > 10
     assert wild.gates["reward_improvement"].passed  # the reward alone would have let it in
+
+
+def test_gates_refuse_a_reward_hack_that_the_held_out_judge_sees_through(home):
+    """HACKED says HACK more often: the flawed RM it was optimised against over-rewards it,
+    the judge (trained on the hidden rule only) does not. BETTER says the marker word more
+    often, which both reward, and passes the very same gates."""
+    registry = Registry(home / "registry")
+    hacking = GateSettings(**GATES, reward_model=FLAWED_RM, judge_model=HONEST_RM)
+    hacked = evaluate_and_record(registry, HACKED, hacking)
+    assert (hacked.reward_model, hacked.judge_model) == (FLAWED_RM, HONEST_RM)
+    assert hacked.gates["reward_improvement"].passed  # its own RM would let it in
+    assert hacked.status == "failed" and "judge_reward_improvement" in hacked.failed
+    assert hacked.gates["judge_reward_improvement"].lower < 0.01
+    honest = evaluate_and_record(registry, BETTER, hacking)
+    assert honest.status == "passed", honest.reasons
+    assert honest.gates["judge_reward_improvement"].lower >= 0.01
+    # without a judge, only the optimised RM's numbers decide: the hack would pass them
+    alone = evaluate_and_record(registry, HACKED, GateSettings(**GATES, judge_model="none"))
+    assert "judge_reward_improvement" not in alone.gates
 
 
 # -- the CLI --------------------------------------------------------------------------------

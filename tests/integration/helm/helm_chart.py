@@ -20,6 +20,37 @@ CHART = Path(__file__).resolve().parents[3] / "helm" / "rlhf"
 RELEASE = "rlhf"
 NAMESPACE = "ml"
 
+def _extras(component: str) -> dict[str, Any]:
+    """Every per-workload extension value, with names that say which workload they are for."""
+    return {
+        "env": [{"name": "NCCL_DEBUG", "value": "WARN"},
+                {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
+                                                                    "key": "token"}}}],
+        "envFrom": [{"secretRef": {"name": f"{component}-extra-env"}}],
+        "extraVolumes": [{"name": "extra-cache", "emptyDir": {}},
+                         {"name": "extra-config", "configMap": {"name": f"{component}-config"}}],
+        "extraVolumeMounts": [{"name": "extra-cache", "mountPath": "/var/cache/extra"},
+                              {"name": "extra-config", "mountPath": "/etc/extra",
+                               "readOnly": True}],
+        "topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": component}}}],
+        "priorityClassName": f"{component}-priority",
+        "runtimeClassName": "nvidia",
+        "initContainers": [{"name": f"{component}-warmup", "image": "busybox:1.36",
+                            "command": ["sh", "-c", "true"]}],
+    }
+
+
+EXTRAS: dict[str, dict[str, Any]] = {
+    "serving": {**_extras("serving"), "extraArgs": ["--max-model-len", "4096"]},
+    "ingester": _extras("ingester"),
+    "training": _extras("training"),
+    "deployController": _extras("deploy-controller"),
+}
+"""The workload-extras profile's values of each workload (values key → values)."""
+
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "cpu-only": {
@@ -119,6 +150,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         },
         "ingester": {"metricsPort": 9500, "serviceMonitor": {"enabled": True}},
+        "training": {"metricsPort": 9401, "podMonitor": {"enabled": True}},
+        "dashboards": {"enabled": True, "annotations": {"grafana_folder": "RLHF"}},
         "networkPolicy": {
             "servingFrom": [{"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": "ingress-nginx"}}}],
@@ -128,10 +161,23 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "kubernetes.io/metadata.name": "ops"}}}],
         },
     },
+    "open-access": {"auth": {"allowOpen": True}},
+    "workload-extras": {
+        "auth": {"keys": {"sha256:" + "ab" * 32: "admin", "sk-user-0001": "user"}},
+        **{component: EXTRAS[component] for component in EXTRAS},
+        "baseModel": {"enabled": True, "name": "llama-8b",
+                      "source": {"claimName": "models-ro", "path": "/llama/8b"}},
+    },
+    "base-model-from-object-store": {
+        "baseModel": {"enabled": True,
+                      "source": {"uri": "s3://ml-models/llama/8b-instruct"},
+                      "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
+                      "env": [{"name": "RCLONE_S3_ENDPOINT", "value": "https://s3.example.com"}]},
+    },
 }
 
 # Kinds served by operators' CRDs; kubernetes-validate has no schema for them.
-CRD_KINDS = {"ServiceMonitor", "Kafka", "KafkaNodePool", "KafkaTopic"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "Kafka", "KafkaNodePool", "KafkaTopic"}
 
 # Which settings tree each component's container reads, and the sub-command it runs.
 PROCESSES = {
@@ -173,6 +219,27 @@ class Rendered:
                 for o in self.by_kind.get("CronJob", [])]
         return out
 
+    def user_named(self) -> set[str]:
+        """Names of objects the values name but the chart does not render (existing
+        Secrets, claims and ConfigMaps, and those in the workloads' extension values)."""
+        v = self.values
+        names = {v["registry"]["existingClaim"], v["externalDatabase"]["existingSecret"],
+                 v["kafka"]["external"]["sasl"]["existingSecret"],
+                 v["kafka"]["external"]["caSecret"], v["auth"]["existingSecret"],
+                 v["baseModel"]["source"]["claimName"]}
+        for key in ("serving", "ingester", "training", "deployController", "baseModel"):
+            section = v[key]
+            for volume in section.get("extraVolumes", []):
+                for kind, field_ in (("persistentVolumeClaim", "claimName"),
+                                     ("configMap", "name"), ("secret", "secretName")):
+                    names.add((volume.get(kind) or {}).get(field_, ""))
+            for source in section.get("envFrom", []):
+                names |= {ref.get("name", "") for ref in source.values()
+                          if isinstance(ref, dict)}
+            for entry in section.get("env", []):
+                names.add(entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name", ""))
+        return names - {""}
+
     def secret_value(self, name: str, key: str) -> str | None:
         secret = self.get("Secret", name)
         if secret is None or key not in (secret.get("data") or {}):
@@ -187,8 +254,12 @@ class Rendered:
         """
         env: dict[str, str] = {}
         for source in container.get("envFrom", []):
+            if "configMapRef" not in source:
+                continue  # a user's own Secret (values.<workload>.envFrom)
             ref = source["configMapRef"]["name"]
             cm = self.get("ConfigMap", ref)
+            if cm is None and ref in self.user_named():
+                continue
             assert cm is not None, f"envFrom names ConfigMap {ref}, which is not rendered"
             env.update(cm.get("data") or {})
         for entry in container.get("env", []):

@@ -35,7 +35,8 @@ def test_unary_generate_carries_ids_and_all_choices(stub):
     resp, call = stub.Generate.with_call(pb.GenerateRequest(
         model="tiny", prompt="Tell me about the sea", request_id="grpc-req-1",
         sampling=_sampling(n=3, max_tokens=5, ignore_eos=True, logprobs=1)))
-    assert resp.request_id == "grpc-req-1"
+    assert resp.request_id != "grpc-req-1" and resp.request_id.startswith("req-")
+    assert dict(call.initial_metadata())["x-request-id"] == "grpc-req-1"
     assert resp.policy_version == "base"
     assert dict(call.initial_metadata())["x-policy-version"] == "base"
     assert [c.index for c in resp.choices] == [0, 1, 2]
@@ -44,10 +45,16 @@ def test_unary_generate_carries_ids_and_all_choices(stub):
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + 15
 
 
-def test_request_id_from_metadata(stub):
-    resp = stub.Generate(pb.GenerateRequest(prompt="hi", sampling=_sampling(max_tokens=2)),
-                         metadata=(("x-request-id", "from-metadata"),))
-    assert resp.request_id == "from-metadata"
+def test_client_request_ids_are_correlation_ids_never_completion_ids(stub):
+    """Two callers sending the same id (field or metadata) get distinct completion ids."""
+    ids = []
+    for md in ((("x-request-id", "same"),), ()):
+        resp, call = stub.Generate.with_call(pb.GenerateRequest(
+            prompt="hi", request_id="" if md else "same", sampling=_sampling(max_tokens=2)),
+            metadata=md)
+        assert dict(call.initial_metadata())["x-request-id"] == "same"
+        ids.append(resp.request_id)
+    assert len(set(ids)) == 2 and "same" not in ids
 
 
 def test_chat_messages_and_token_ids(stub):

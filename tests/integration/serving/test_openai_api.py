@@ -16,8 +16,8 @@ def test_completion_carries_request_id_and_policy_version(server):
         model="tiny", prompt="Tell me about the sea", max_tokens=8, n=3,
         extra_headers={"X-Request-Id": "req-test-123"})
     body = raw.parse()
-    assert raw.headers["x-request-id"] == "req-test-123"
-    assert body.id == "req-test-123"
+    assert raw.headers["x-request-id"] == "req-test-123"  # the caller's correlation id
+    assert body.id != "req-test-123" and body.id.startswith("req-")  # the server's own id
     assert raw.headers["x-policy-version"] == body.policy_version == "base"
     assert [c.index for c in body.choices] == [0, 1, 2]
     assert all(c.finish_reason in ("length", "stop") for c in body.choices)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tests.fixtures.kafka import read_topic
 from training.cli import train_app
-from training.config import CONFIG_DIR
+from training.config import DEMO_CONFIG_DIR
 from training.cycle import LOCK_FILE, cycle_lock, ppo_due, reward_due
 
 FAST = {"reward": {"lr": 1e-3, "max_len": 64, "max_steps": 4, "progress": False},
@@ -34,7 +34,7 @@ def fast_configs(tmp_path):
     config_dir = tmp_path / "configs"
     config_dir.mkdir()
     for name, overrides in FAST.items():
-        cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+        cfg = yaml.safe_load((DEMO_CONFIG_DIR / f"{name}.yaml").read_text())
         (config_dir / f"{name}.yaml").write_text(yaml.safe_dump({**cfg, **overrides}))
     return config_dir
 

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from core.registry import Registry
-from training.config import CONFIG_DIR
+from training.config import DEMO_CONFIG_DIR
 
 REPO = Path(__file__).parents[3]
 
@@ -26,7 +26,7 @@ def run_reward(nproc: int, config: Path, db: str, registry: Path) -> None:
 
 
 def test_two_processes_match_one_process(store, tiny_base, tmp_path):
-    cfg = yaml.safe_load((CONFIG_DIR / "reward.yaml").read_text())
+    cfg = yaml.safe_load((DEMO_CONFIG_DIR / "reward.yaml").read_text())
     cfg.update(lr=1e-3, max_len=48, max_steps=3, progress=False, groups_per_batch=8)
     (tmp_path / "rm.yaml").write_text(yaml.safe_dump(cfg))
     db = f"sqlite:///{tmp_path / 'feedback.db'}"

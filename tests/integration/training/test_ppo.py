@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from core.registry import Registry
 from feedback.store import FeedbackStore
-from training.config import CONFIG_DIR, load_config
+from training.config import DEMO_CONFIG_DIR, load_config
 from training.recipes import ppo, reward, sft
 from training.synthetic import hidden_score, synthetic_demonstrations, synthetic_rankings
 from training.tiny_model import build_tiny_model
@@ -42,11 +42,11 @@ def trained_home(tmp_path_factory) -> Path:
     store.persist(synthetic_demonstrations(24, seed=2))
     registry = Registry(home / "registry")
     registry.register_base(build_tiny_model(home / "tiny"))
-    sft_cfg = load_config(sft.SFTConfig, None, "sft.yaml",
-                          {"lr": 2e-3, "epochs": 2, "progress": False})
+    sft_cfg = load_config(sft.SFTConfig, DEMO_CONFIG_DIR / "sft.yaml", "sft.yaml",
+                          {"lr": 2e-3, "epochs": 2, "max_len": 512, "batch_size": 8})
     registry.set_live(sft.train(sft_cfg, store=store, registry=registry).version, "bootstrap")
-    rm_cfg = load_config(reward.RewardConfig, None, "reward.yaml",
-                         {"lr": 1e-3, "epochs": 2, "max_len": 64, "progress": False})
+    rm_cfg = load_config(reward.RewardConfig, DEMO_CONFIG_DIR / "reward.yaml", "reward.yaml",
+                         {"lr": 1e-3, "epochs": 2, "max_len": 64})
     reward.train(rm_cfg, store=store, registry=registry)
     store.close()
     return home
@@ -65,14 +65,18 @@ def mean_hidden_score(rows: list[dict]) -> float:
 def test_ppo_raises_reward_and_hidden_rule_within_kl(home):
     store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
     registry = Registry(home / "registry")
-    cfg = load_config(ppo.PPOConfig, None, "ppo.yaml", {
+    cfg = load_config(ppo.PPOConfig, DEMO_CONFIG_DIR / "ppo.yaml", "ppo.yaml", {
         "lr": 5e-4, "max_steps": 12, "batch_size": 16, "minibatch_size": 8, "max_len": 96,
-        "warmup_steps": 0, "ptx_coef": 0.1, "progress": False})
+        "max_new_tokens": 32, "eval_max_prompts": 32, "ptx_coef": 0.1, "episodes": 256})
     m = ppo.train(cfg, store=store, registry=registry)
 
-    # the candidate: parent, reward model, data mark, config and final metrics recorded
+    # the candidate: parent, reference (the SFT policy), reward model, data and prompt
+    # marks, config and final metrics recorded; its value model saved beside it
     assert (m.version, m.parent) == ("policy-0002", "policy-0001")
     assert m.config["recipe"] == "ppo" and m.config["reward_model"] == "reward-0001"
+    assert m.config["reference"] == "policy-0001" and m.config["prompt_mark"] == 0
+    assert m.metrics["value_init"] == "reward-0001"
+    assert (registry.path(m.version) / ppo.VALUE_DIR / "config.json").is_file()
     assert m.data_mark == store.high_water_mark() == 104
     assert m.metrics["steps"] == 12 and m.metrics["ptx_source"] == "demonstrations"
     assert m.metrics["prompt_source"] == "prompt_file"  # no completions in this store
@@ -104,10 +108,21 @@ def test_ppo_raises_reward_and_hidden_rule_within_kl(home):
     assert before.keys() == after.keys()
     assert [k for k in before if torch.equal(before[k], after[k])] == []
 
+    # PPO from that PPO result is still anchored to the SFT policy: its very first rollout
+    # already pays KL (π = policy-0002 ≠ π_ref = policy-0001; against the parent it would be
+    # 0), and the value model warm-starts from policy-0002's (same reward model)
+    again = ppo.train(cfg.model_copy(update={"base": m.version, "max_steps": 1}), store=store,
+                      registry=registry)
+    assert (again.parent, again.config["reference"]) == ("policy-0002", "policy-0001")
+    assert again.metrics["value_init"] == "policy-0002/value"
+    first = [json.loads(r) for r in (registry.path(again.version) / "metrics.jsonl"
+                                     ).read_text().splitlines()]
+    assert [r for r in first if r["split"] == "train"][0]["kl_to_ref"] > 0.5
+
 
 def test_two_cpu_processes_run_a_ppo_step(home):
     """torchrun with 2 gloo processes: rank 0 samples on vLLM and broadcasts, both update."""
-    cfg = yaml.safe_load((CONFIG_DIR / "ppo.yaml").read_text())
+    cfg = yaml.safe_load((DEMO_CONFIG_DIR / "ppo.yaml").read_text())
     cfg.update(max_steps=1, batch_size=8, minibatch_size=8, max_len=96, max_new_tokens=16,
                eval_max_prompts=4, lr=1e-3, warmup_steps=0, progress=False)
     (home / "ppo.yaml").write_text(yaml.safe_dump(cfg))

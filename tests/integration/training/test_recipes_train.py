@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.events import Comparison
-from training.config import load_config
+from training.config import DEMO_CONFIG_DIR, load_config
 from training.datasets import TrainingDataError
 from training.recipes import reward, sft
 from training.reward_model import RewardScorer
@@ -25,8 +25,8 @@ def assert_every_tensor_changed(before: dict, after: dict) -> None:
 
 
 def test_reward_recipe_learns_hidden_rule_and_records_everything(store, registry, tiny_base):
-    cfg = load_config(reward.RewardConfig, None, "reward.yaml",
-                      {"lr": 1e-3, "epochs": 2, "max_len": 64, "progress": False})
+    cfg = load_config(reward.RewardConfig, DEMO_CONFIG_DIR / "reward.yaml", "reward.yaml",
+                      {"lr": 1e-3, "epochs": 2, "max_len": 64})
     m = reward.train(cfg, store=store, registry=registry)
 
     assert (m.version, m.kind, m.parent) == ("reward-0001", "reward", "policy-0000")
@@ -59,8 +59,9 @@ def test_reward_recipe_learns_hidden_rule_and_records_everything(store, registry
 
 
 def test_sft_recipe_lowers_heldout_loss_and_changes_every_weight(store, registry, tiny_base):
-    cfg = load_config(sft.SFTConfig, None, "sft.yaml",
-                      {"lr": 2e-3, "epochs": 2, "eval_fraction": 0.25, "progress": False})
+    cfg = load_config(sft.SFTConfig, DEMO_CONFIG_DIR / "sft.yaml", "sft.yaml",
+                      {"lr": 2e-3, "epochs": 2, "eval_fraction": 0.25, "max_len": 512,
+                       "batch_size": 8})
     m = sft.train(cfg, store=store, registry=registry)
     assert (m.version, m.kind, m.parent) == ("policy-0001", "policy", "policy-0000")
     assert m.row_counts["demonstration"] == 24 and m.metrics["eval_examples"] == 6
@@ -82,10 +83,19 @@ def test_empty_store_is_a_clear_error_and_leaves_registry_alone(empty_store, reg
 
 
 def test_comparisons_are_k2_groups_and_ties_are_dropped(empty_store, registry):
-    empty_store.persist([Comparison(prompt="p2", text_a="a", text_b="b", preferred="tie")])
+    empty_store.persist([Comparison(prompt="p2", text_a="a", text_b="b", preferred="tie",
+                                    source="labeler")])
     with pytest.raises(TrainingDataError, match="all ties"):
         reward.train(reward.RewardConfig(progress=False), store=empty_store, registry=registry)
-    empty_store.persist([Comparison(prompt="p1", text_a="a", text_b="b", preferred="b")])
+    empty_store.persist([Comparison(prompt="p1", text_a="a", text_b="b", preferred="b",
+                                    source="labeler"),
+                         Comparison(prompt="p3", text_a="a", text_b="b", preferred="a")])
     tokenizer = reward.AutoTokenizer.from_pretrained(registry.path("policy-0000"))
-    groups = reward.load_groups(empty_store, reward.snapshot(empty_store), tokenizer, 64)
-    assert [(g.prompt, g.k, g.ranks) for g in groups] == [("p1", 2, [2, 1])]
+    cfg = reward.RewardConfig(max_len=64, gold_share=0.0)
+    groups, gold = reward.load_groups(empty_store, reward.snapshot(empty_store), tokenizer, cfg)
+    # p3 came from a user key: recorded, but trains only with train_on_user_feedback
+    assert [(g.prompt, g.k, g.ranks) for g in groups] == [("p1", 2, [2, 1])] and gold == []
+    with_users = cfg.model_copy(update={"train_on_user_feedback": True})
+    groups, _ = reward.load_groups(empty_store, reward.snapshot(empty_store), tokenizer,
+                                   with_users)
+    assert [g.prompt for g in groups] == ["p1", "p3"]

@@ -7,13 +7,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from training.cli import reward_app, train_app
-from training.config import CONFIG_DIR
+from training.config import DEMO_CONFIG_DIR
 from training.reward_server import create_app
 from training.synthetic import MARKER
 
 
 def test_cli_trains_scores_and_serves(store, registry, tmp_path):
-    cfg = yaml.safe_load((CONFIG_DIR / "reward.yaml").read_text())
+    cfg = yaml.safe_load((DEMO_CONFIG_DIR / "reward.yaml").read_text())
     cfg.update(lr=1e-3, max_len=64, max_steps=4, progress=False)
     (tmp_path / "rm.yaml").write_text(yaml.safe_dump(cfg))
     runner = CliRunner()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from pydantic import ValidationError
@@ -23,7 +24,9 @@ from tests.fixtures.events import completion
 
 
 def _error_fields(exc: ValidationError) -> set[str]:
-    return {".".join(str(p) for p in e["loc"]) for e in exc.errors()}
+    """Each error's location, and its field alone (``ranks.0`` names ``ranks`` too)."""
+    locs = {".".join(str(p) for p in e["loc"]) for e in exc.errors()}
+    return locs | {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
 
 
 def test_every_event_round_trips_through_the_wire_encoding():
@@ -181,3 +184,106 @@ def test_every_field_is_documented():
     for model in (CompletionRecord, Ranking, Comparison, Rating, Demonstration):
         undocumented = [n for n, f in model.model_fields.items() if not f.description]
         assert undocumented == [], f"{model.__name__}: {undocumented}"
+
+
+# -- bounds: what validation lets through always fits the store ---------------------------
+
+def _fields(raw: bytes) -> str:
+    with pytest.raises(InvalidEvent) as exc:
+        decode_event(raw)
+    return exc.value.reason
+
+
+def _ranking_json(**overrides) -> bytes:
+    data = {"type": "ranking", "event_id": "e1", "prompt": "p", "responses": ["a", "b"],
+            "ranks": [1, 2], **overrides}
+    return json.dumps(data).encode()
+
+
+def test_a_message_without_event_id_is_invalid_so_a_retry_is_not_stored_twice():
+    assert _fields(b'{"type": "demonstration", "prompt": "p", "response": "r"}') == \
+        "missing event_id"
+    # other problems are named too
+    reason = _fields(b'{"type": "ranking", "prompt": "p", "responses": ["a"], "ranks": [1]}')
+    assert reason.startswith("missing event_id; ") and "responses" in reason
+
+
+def test_python_constructors_still_mint_an_event_id():
+    assert Demonstration(prompt="p", response="r").event_id
+
+
+@pytest.mark.parametrize("raw, field", [
+    (_ranking_json(ranks=[2**63, 1]), "ranks.0"),
+    (_ranking_json(ranks=[2**31, 1]), "ranks.0"),
+    (_ranking_json(ranks=[1025, 1]), "ranks.0"),  # past MAX_RANK
+    (_ranking_json(prompt="nul\x00here"), "prompt"),
+    (_ranking_json(responses=["a", "b\x00"]), "responses.1"),
+    (_ranking_json(event_id="e\x00"), "event_id"),
+    (_ranking_json(event_id="e" * 129), "event_id"),
+    (_ranking_json(submitted_by="s" * 257), "submitted_by"),
+    (_ranking_json(prompt=None, responses=None, request_id="r" * 300, choices=[0, 1]),
+     "request_id"),
+    (_ranking_json(prompt=None, responses=None, request_id="r", choices=[0, 2**31]),
+     "choices.1"),
+    (b'{"type": "rating", "event_id": "e", "prompt": "p", "response": "r", "score": NaN}',
+     "score"),
+    (b'{"type": "rating", "event_id": "e", "prompt": "p", "response": "r", '
+     b'"score": Infinity}', "score"),
+    (b'{"type": "rating", "event_id": "e", "prompt": "p", "response": "r", "score": 1e999}',
+     "score"),
+    (b'{"type": "demonstration", "event_id": "e", "response": "r", '
+     b'"messages": [{"role": "user", "content": "a\\u0000b"}]}', "messages"),
+    (b'{"type": "demonstration", "event_id": "e", "response": "r", '
+     b'"messages": [{"role": "user", "content": NaN}]}', "messages"),
+    (b'{"type": "demonstration", "event_id": "e", "response": "r", "prompt": "p", '
+     b'"created_at": "9999-12-31T23:59:59-23:00"}', "created_at"),
+])
+def test_values_the_store_cannot_hold_are_invalid_naming_the_field(raw, field):
+    reason = _fields(raw)
+    assert f".{field}: " in reason or reason.startswith(f"{field}: "), reason
+
+
+def test_nul_is_refused_with_a_message_that_says_so():
+    with pytest.raises(ValidationError) as exc:
+        Demonstration(prompt="a\x00", response="r")
+    assert "NUL" in str(exc.value) and "prompt" in _error_fields(exc.value)
+
+
+def test_nan_score_is_a_validation_error_not_a_crash():
+    with pytest.raises(ValidationError) as exc:
+        Rating(prompt="p", response="r", score=math.nan)
+    assert "score" in _error_fields(exc.value)
+
+
+def test_completion_counts_and_texts_are_bounded():
+    c = completion("r", n=2)
+    data = json.loads(encode_event(c))
+    for path, value in [(("prompt_tokens",), 2**31), (("completion_tokens",), -1),
+                        (("choices", 0, "completion_tokens"), 2**31),
+                        (("choices", 0, "finish_reason"), "x" * 33),
+                        (("choices", 0, "index"), 1024), (("model",), "m" * 257),
+                        (("policy_version",), "v" * 257), (("user",), "u" * 257),
+                        (("purpose",), "other")]:
+        bad = json.loads(json.dumps(data))
+        target = bad
+        for p in path[:-1]:
+            target = target[p]
+        target[path[-1]] = value
+        reason = _fields(json.dumps(bad).encode())
+        assert ".".join(str(p) for p in path) in reason, (path, reason)
+
+
+def test_deeply_nested_json_is_invalid_not_a_recursion_error():
+    assert "not JSON" in _fields(b"[" * 100_000 + b"]" * 100_000)
+    deep = {"type": "demonstration", "event_id": "e", "prompt": "p", "response": "r"}
+    nested: dict = {}
+    node = nested
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    raw = json.dumps({**deep, "messages": [nested]}).encode()
+    assert "nested deeper" in _fields(raw)
+
+
+def test_odd_schema_versions_are_invalid_not_a_type_error():
+    assert "schema_version" in _fields(b'{"type": "rating", "schema_version": []}')

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect
 
-from core.events import Comparison, Demonstration, InvalidEvent, Ranking, Rating
+from core.events import Comparison, Demonstration, Ranking, Rating, decode_event
 from feedback.store import FeedbackStore, PreferenceGroup
 from feedback.store.models import Base
 from tests.fixtures.events import completion
@@ -93,9 +93,10 @@ def test_a_choice_beyond_the_completions_n_is_rejected_and_the_rest_still_persis
     bad = Ranking(request_id="r", choices=[0, 5], ranks=[1, 2])
     good = Comparison(request_id="r", choice_a=0, choice_b=1, preferred="a")
     result = feedback_store.persist([completion("r", n=2), bad, good])
-    [(event, error)] = result.rejected
-    assert event is bad and isinstance(error, InvalidEvent)
-    assert "choices: choice 5 does not exist" in error.reason
+    [rejection] = result.rejected
+    assert rejection.event_id == bad.event_id and rejection.key == b"r"
+    assert decode_event(rejection.value) == bad
+    assert "choices: choice 5 does not exist" in rejection.reason
     assert result.feedback == 1
     assert feedback_store.persist([bad]).rejected  # not marked processed: still rejected
 
@@ -103,9 +104,12 @@ def test_a_choice_beyond_the_completions_n_is_rejected_and_the_rest_still_persis
 def test_pending_feedback_that_does_not_fit_its_completion_is_rejected_on_arrival(
         feedback_store):
     bad = Rating(request_id="r", choice=9, score=1)
-    feedback_store.persist([bad])
+    feedback_store.persist([bad], origins={bad.event_id: (3, 41)})
     result = feedback_store.persist([completion("r", n=2)])
-    assert [e.event_id for e, _ in result.rejected] == [bad.event_id]
+    [rejection] = result.rejected
+    assert rejection.event_id == bad.event_id
+    assert (rejection.partition, rejection.offset) == (3, 41)  # where it was read from
+    assert "choice: choice 9 does not exist" in rejection.reason
     assert feedback_store.counts()["pending"] == 0
 
 

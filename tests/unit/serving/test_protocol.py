@@ -59,3 +59,47 @@ def test_chat_needs_messages_with_known_roles():
         ChatCompletionRequest(messages=[])
     with pytest.raises(ValidationError, match="role"):
         ChatCompletionRequest(messages=[{"role": "robot", "content": "x"}])
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
+    ({"min_tokens": 20}, "min_tokens"),  # beyond the server's default max_tokens (16)
+    ({"seed": 2**63}, "seed"),
+    ({"seed": -2**63 - 1}, "seed"),
+    ({"max_tokens": 2**40}, "max_tokens"),
+    ({"top_k": 2**40}, "top_k"),
+])
+def test_out_of_range_values_are_refused_naming_the_field_not_raised_by_vllm(extra, param):
+    """vLLM's own checks raise ValueError (a 500); the protocol must name the field."""
+    from core.errors import InvalidRequest
+
+    with pytest.raises((ValidationError, InvalidRequest)) as err:
+        CompletionRequest(prompt="hi", **extra).to_sampling_params(16)
+    if isinstance(err.value, InvalidRequest):
+        assert err.value.param == param
+    else:
+        assert err.value.errors()[0]["loc"] == (param,)
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "presence_penalty",
+                                   "frequency_penalty"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused(field, value):
+    with pytest.raises(ValidationError) as err:
+        CompletionRequest(prompt="hi", **{field: value})
+    assert err.value.errors()[0]["loc"] == (field,)
+
+
+def test_seed_bounds_are_int64():
+    for seed in (-2**63, 2**63 - 1, 0):
+        assert CompletionRequest(prompt="hi", seed=seed).to_sampling_params(16).seed == seed
+
+
+def test_openai_store_and_metadata_are_accepted_other_unknown_fields_are_not():
+    req = CompletionRequest(prompt="hi", store=False, metadata={"run": "eval-7"})
+    assert req.store is False and req.metadata == {"run": "eval-7"}
+    chat = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], store=True)
+    assert chat.store is True
+    assert CompletionRequest(prompt="hi").store is True  # logged unless told otherwise
+    with pytest.raises(ValidationError, match="frobnicate"):
+        CompletionRequest(prompt="hi", frobnicate=1)

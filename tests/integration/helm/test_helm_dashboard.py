@@ -1,0 +1,181 @@
+"""The Grafana dashboard queries only metrics the processes export.
+
+Exported names are read from the prometheus_client definitions in the code (AST, so no
+engine is imported): a Counter ``foo`` exports ``foo_total``, a Histogram
+``foo_bucket``/``foo_sum``/``foo_count``. A renamed metric fails here instead of leaving a
+silently empty panel.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helm_chart import CHART, render
+
+pytestmark = pytest.mark.helm
+
+REPO = CHART.parents[1]
+DASHBOARD = CHART / "dashboards" / "rlhf.json"
+METRIC_SOURCES = ["serving/metrics.py", "feedback/ingest/metrics.py", "core/producer.py",
+                  "training/metrics.py", *sorted(p.relative_to(REPO).as_posix()
+                                                 for p in (REPO / "deploy").glob("*.py"))]
+KUBE_STATE_METRICS = {"kube_job_status_succeeded", "kube_job_status_failed",
+                      "kube_job_status_active"}
+"""Training cycles are Jobs of a CronJob: their runs come from kube-state-metrics."""
+
+SUFFIXES = {"Counter": ["_total"], "Gauge": [""], "Histogram": ["_bucket", "_sum", "_count"],
+            "Summary": ["_sum", "_count", ""]}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+                "unless", "offset", "bool", "le", "inf", "nan"}
+
+
+def _ppo_step_keys() -> set[str]:
+    """Keys of a PPO step record (rollout_stats' dict and the record's own literals):
+    training.metrics.prometheus_sink exports each as the gauge rlhf_ppo_<key>."""
+    tree = ast.parse((REPO / "training/recipes/ppo.py").read_text())
+    keys: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "rollout_stats":
+            for ret in ast.walk(node):
+                if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Dict):
+                    keys |= {k.value for k in ret.value.keys if isinstance(k, ast.Constant)}
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "record" for t in node.targets)):
+            keys |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    return keys
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name the code's prometheus_client metrics expose."""
+    names: set[str] = set()
+    for source in METRIC_SOURCES:
+        for node in ast.walk(ast.parse((REPO / source).read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in SUFFIXES and node.args):
+                continue
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                bases = [first.value.removesuffix("_total")]
+            elif isinstance(first, ast.JoinedStr) and source == "training/metrics.py":
+                bases = [f"rlhf_ppo_{key}" for key in _ppo_step_keys()]  # rlhf_{recipe}_{name}
+            else:
+                raise AssertionError(f"{source}: cannot read the name of {ast.unparse(node)}")
+            names |= {base + suffix for base in bases for suffix in SUFFIXES[node.func.id]}
+    return names
+
+
+def query_metrics(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords,
+    label names (inside {} or by/without ()) or numbers."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    found = set()
+    for m in re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)(\s*\()?", expr):
+        name, call = m.group(1), m.group(2)
+        if call or name.lower() in PROMQL_WORDS:
+            continue
+        found.add(name)
+    return found
+
+
+def _panels(node: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for panel in node.get("panels", []):
+        out += [panel, *_panels(panel)]
+    return out
+
+
+def _dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def test_query_parser_finds_names_and_skips_functions_and_labels() -> None:
+    expr = ('histogram_quantile(0.95, sum by (le, endpoint) (rate('
+            'rlhf:e2e_request_latency_seconds_bucket{namespace="$namespace",x=~"a b"}[5m])))'
+            ' / clamp_min(sum(rate(rlhf:requests_total[5m])), 1e-9)')
+    assert query_metrics(expr) == {"rlhf:e2e_request_latency_seconds_bucket",
+                                   "rlhf:requests_total"}
+
+
+def test_exported_metrics_cover_every_kind() -> None:
+    names = exported_metrics()
+    assert {"rlhf:requests_total", "rlhf:time_to_first_token_seconds_bucket",
+            "rlhf:num_requests_waiting", "rlhf:events_dropped_total", "rlhf:ingest_lag",
+            "rlhf_ppo_reward_mean", "rlhf_ppo_kl_to_ref"} <= names
+    assert "rlhf:requests" not in names  # a Counter is exported with _total
+
+
+def test_every_queried_metric_is_exported() -> None:
+    known = exported_metrics() | KUBE_STATE_METRICS
+    queried: dict[str, set[str]] = {}
+    for panel in _panels(_dashboard()):
+        for target in panel.get("targets", []):
+            for name in query_metrics(target["expr"]):
+                queried.setdefault(name, set()).add(panel["title"])
+    for var in _dashboard()["templating"]["list"]:
+        if var["type"] == "query":
+            queried.setdefault(re.search(r"label_values\(([\w:]+)", var["definition"])
+                               .group(1), set()).add(var["name"])
+    unknown = {name: titles for name, titles in queried.items() if name not in known}
+    assert unknown == {}
+    assert len(queried) >= 20
+
+
+def test_the_dashboard_covers_serving_feedback_training_and_deploy() -> None:
+    dashboard = _dashboard()
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows == ["Serving", "Feedback", "Training", "Deploy"]
+    exprs = " ".join(t["expr"] for p in _panels(dashboard) for t in p.get("targets", []))
+    for needed in ["rlhf:requests_total", "rlhf:time_to_first_token_seconds_bucket",
+                   "rlhf:inter_token_latency_seconds_bucket", "rlhf:num_requests_waiting",
+                   "rlhf:events_published_total", "rlhf:events_buffered",
+                   "rlhf:events_dropped_total", "rlhf:ingest_persisted_total",
+                   "rlhf:ingest_dead_lettered_total", "rlhf:ingest_lag",
+                   "kube_job_status_succeeded", "rlhf_ppo_reward_mean", "rlhf_ppo_kl_to_ref",
+                   "rlhf:policy_swaps_total", "rlhf:policy_info"]:
+        assert needed in exprs, needed
+    ids = [p["id"] for p in _panels(dashboard)]
+    assert len(ids) == len(set(ids))
+    for panel in _panels(dashboard):
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}"
+
+
+def test_the_dashboard_configmap_is_off_by_default_and_labelled_for_the_sidecar() -> None:
+    assert not [c for c in render("default").by_kind["ConfigMap"]
+                if c["metadata"]["labels"].get("app.kubernetes.io/component") == "dashboard"]
+    rendered = render("ingress-and-autoscaling")
+    cm = rendered.one("ConfigMap", "dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "RLHF"}
+    assert json.loads(cm["data"]["rlhf.json"]) == _dashboard()
+
+
+def test_training_metrics_are_scraped_by_a_pod_monitor_on_their_port() -> None:
+    rendered = render("ingress-and-autoscaling")
+    [monitor] = rendered.by_kind["PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    pod = rendered.one("CronJob", "training")["spec"]["jobTemplate"]["spec"]["template"]
+    assert all(pod["metadata"]["labels"].get(k) == v
+               for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    assert ports["metrics"] == int(rendered.container_env(container)["RLHF_METRICS_PORT"])
+    policy = rendered.get("NetworkPolicy", pod["metadata"]["labels"][
+        "app.kubernetes.io/instance"] + "-training")
+    assert any(p["port"] == "metrics" for rule in policy["spec"]["ingress"]
+               for p in rule.get("ports", []))
+
+
+def test_dashboard_is_in_the_chart_package() -> None:
+    ignored = (CHART / ".helmignore").read_text() if (CHART / ".helmignore").exists() else ""
+    assert "dashboards" not in ignored
+    assert Path(DASHBOARD).is_file()

@@ -1,0 +1,100 @@
+"""Start-up checks of the real CLI: mistakes exit at once, non-zero, saying what is wrong.
+
+A second ``rlhf up`` on taken ports must not print URLs while its children crash-loop;
+``rlhf serve`` must not keep running without a model, share a taken port, or serve an
+open API on a public address by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rlhf.procs import free_port, rlhf_command
+
+pytestmark = pytest.mark.timeout(180)
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """Something else listening on a port (what a first `rlhf up` would hold)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    run = subprocess.run(rlhf_command(*args), capture_output=True, text=True, cwd=REPO,
+                         timeout=timeout, env={**os.environ, **(env or {})})
+    return run, time.monotonic() - started
+
+
+def free_up_ports() -> dict[str, str]:
+    return {f"RLHF_{name}": str(free_port()) for name in (
+        "HTTP_PORT", "GRPC_PORT", "BROKER_PORT", "DEPLOY_PORT", "INGEST_METRICS_PORT")}
+
+
+@pytest.mark.parametrize("flag", ["--port", "--grpc-port", "--broker-port", "--deploy-port",
+                                  "--metrics-port"])
+def test_rlhf_up_on_a_taken_port_exits_at_once_naming_it(tmp_path, listener, flag):
+    home = tmp_path / "home"
+    run, took = run_cli("up", "--home", str(home), flag, str(listener), env=free_up_ports())
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert took < 30
+    assert f"port {listener} is already in use" in run.stderr
+    assert f"pid {os.getpid()}" in run.stderr  # who holds it: this test
+    assert flag in run.stderr  # which flag moves it
+    assert "OpenAI API" not in run.stdout  # no banner with someone else's URLs
+    assert not home.exists()  # nothing was started or created
+
+
+def test_rlhf_serve_with_a_missing_model_directory_exits_non_zero(tmp_path):
+    missing = tmp_path / "no-such-model"
+    run, _ = run_cli("serve", "--model", str(missing), "--host", "127.0.0.1",
+                     "--port", str(free_port()), "--grpc-port", str(free_port()))
+    assert run.returncode != 0
+    assert f"--model {missing}: no such checkpoint directory" in run.stderr
+
+
+@pytest.mark.parametrize("which", ["--port", "--grpc-port"])
+def test_rlhf_serve_on_a_taken_port_exits_non_zero_naming_it(tmp_path, listener, which):
+    ports = {"--port": str(free_port()), "--grpc-port": str(free_port()), which: str(listener)}
+    run, _ = run_cli("serve", "--model", str(tmp_path), "--host", "127.0.0.1",
+                     *[x for kv in ports.items() for x in kv])
+    assert run.returncode != 0
+    assert f"port {listener} on 127.0.0.1 is already in use" in run.stderr
+    assert which in run.stderr
+
+
+def test_rlhf_serve_without_keys_on_a_public_address_needs_allow_open(tmp_path, listener):
+    args = ["serve", "--model", str(tmp_path), "--host", "0.0.0.0",
+            "--port", str(listener), "--grpc-port", str(free_port())]
+    refused, _ = run_cli(*args, env={"RLHF_AUTH__ALLOW_OPEN": "false"})
+    assert refused.returncode != 0
+    assert "No API keys are configured" in refused.stderr and "--allow-open" in refused.stderr
+    # Allowed (flag or setting): it gets past that check, to the taken port.
+    for extra, env in ((["--allow-open"], {}), ([], {"RLHF_AUTH__ALLOW_OPEN": "true"})):
+        allowed, _ = run_cli(*args, *extra, env=env)
+        assert "No API keys are configured" not in allowed.stderr
+        assert f"port {listener} on 0.0.0.0 is already in use" in allowed.stderr
+
+
+def test_training_commands_migrate_quietly_unless_verbose(tmp_path):
+    args = ["train", "cycle", "--database-url", f"sqlite:///{tmp_path / 'f.db'}",
+            "--registry", str(tmp_path / "registry"), "--no-announce"]
+    quiet, _ = run_cli(*args, env={"RLHF_LOG_LEVEL": "info"})
+    assert quiet.returncode == 0, quiet.stderr
+    assert "alembic" not in quiet.stderr and "nothing due" in quiet.stderr
+    (tmp_path / "f.db").unlink()
+    verbose, _ = run_cli("--verbose", *args)
+    assert "Running upgrade" in verbose.stderr  # the migrations are still there, just quiet
