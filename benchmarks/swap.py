@@ -21,6 +21,11 @@ Paths (``--paths``), each on its own server:
 * ``kafka``: what the deploy controller does: ``Registry.set_live`` then a ``promote``
   event on ``rlhf.policy`` (embedded broker); the server's follower swaps to the live
   pointer. Timed from just before ``set_live``.
+* ``fleet``: ``--replicas`` servers (default 3) behind one closed loop that spreads its
+  requests over them, and the deploy controller (in-process, fleet watched through the
+  replicas' heartbeats) doing ``--rollouts`` staged promotions back and forth with
+  ``max_unavailable`` 1. Rollout time is promote called → returned (every replica has
+  reported ``swapped``); each replica's step is its swap event → its report.
 
 The peer is the steady state of the same server in the same run: the table compares the
 latency of requests in flight during a swap (their lifetime overlaps a swap) with it.
@@ -114,6 +119,7 @@ class Load:
     vocab_size: int
     done: list[Request] = field(default_factory=list)
     _next: int = 0
+    urls: list[str] = field(default_factory=list)  # fleet: requests go round these
 
     def prompt(self, i: int) -> list[int]:
         """Seeded token ids (no prefix-cache hits between requests), skipping specials."""
@@ -127,8 +133,9 @@ class Load:
                 "stream": True, "stream_options": {"include_usage": True}}
         t0 = time.perf_counter()
         version, tokens = None, 0
+        url = self.urls[self._next % len(self.urls)] if self.urls else self.url
         try:
-            async with self.session.post(self.url + "/v1/completions", json=body) as resp:
+            async with self.session.post(url + "/v1/completions", json=body) as resp:
                 if resp.status != 200:
                     return Request(t0, time.perf_counter(), None,
                                    f"HTTP {resp.status}: {(await resp.text())[:200]}")
@@ -322,9 +329,100 @@ def run_kafka(registry: Registry, workdir: Path, args: argparse.Namespace, vocab
             server.stop()
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """One staged promotion across the fleet."""
+
+    version: str
+    start: float
+    end: float
+    steps_s: list[float]  # each replica's swap event → report
+
+
+async def measure_fleet(urls: list[str], controller, args: argparse.Namespace,
+                        vocab_size: int) -> tuple[PathResult, list[Rollout]]:
+    """Steady window over the fleet, then ``--rollouts`` staged promotions under load."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=300)) as session:
+        load = Load(session, urls[0], args.concurrency, args.output_tokens, vocab_size,
+                    urls=urls)
+        task = controller.start_fleet()
+        await controller.watcher.wait_caught_up()
+        while len(controller.watcher.fleet(ready_only=True)) < len(urls):
+            await asyncio.sleep(0.2)
+        await load.run(lambda: len(load.done) >= 2 * args.concurrency)  # warm-up
+        load.done.clear()
+        steady = await load.run(lambda: len(load.done) >= args.steady_requests)
+        print(f"  fleet: steady state, {len(steady)} requests")
+        rollouts: list[Rollout] = []
+        rolling = True
+
+        async def roller() -> None:
+            nonlocal rolling
+            await asyncio.sleep(args.gap)
+            for i in range(args.rollouts):
+                version = VERSIONS[(i + 1) % 2]
+                t0 = time.perf_counter()
+                result = await controller.promote(version, force=True, reason="benchmark")
+                end = time.perf_counter()
+                steps = [s.seconds for s in result.rollout.steps]
+                rollouts.append(Rollout(version, t0, end, steps))
+                print(f"  fleet: rollout {i + 1} to {version}: {(end - t0) * 1000:.0f} ms "
+                      f"({', '.join(f'{x * 1000:.0f}' for x in steps)} ms per replica)")
+                await asyncio.sleep(args.gap)
+            rolling = False
+
+        during, _ = await asyncio.gather(load.run(lambda: not rolling), roller())
+        controller.watcher.stop()
+        await task
+    swaps = [Swap(r.version, r.start, r.end, sum(r.steps_s), None) for r in rollouts]
+    return PathResult("fleet", steady, during, swaps), rollouts
+
+
+def run_fleet(registry: Registry, workdir: Path, args: argparse.Namespace, vocab: int
+              ) -> PathResult:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.settings import KafkaSettings
+    from deploy.controller import DeployController
+    from deploy.settings import DeploySettings, RolloutSettings
+    from feedback.broker import EmbeddedBroker
+
+    registry.set_live(VERSIONS[0], "benchmark")
+    with EmbeddedBroker(KafkaSettings(request_timeout_ms=10000),
+                        log_path=workdir / "tansu.log") as broker:
+        def start(i: int) -> Server:
+            return Server(registry, workdir / f"serve-fleet-{i}.log", {
+                "RLHF_PUBLISH_EVENTS": "true", "RLHF_REPLICA__ID": f"replica-{i}",
+                "RLHF_REPLICA__HEARTBEAT_INTERVAL_S": "1",
+                "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+                **({"RLHF_ENGINE__KV_CACHE_SPACE_GIB": args.kv_cache_gib}
+                   if args.kv_cache_gib else {})})
+
+        with ThreadPoolExecutor(args.replicas) as pool:
+            servers = list(pool.map(start, range(args.replicas)))
+        settings = DeploySettings(rollout=RolloutSettings(max_unavailable="1",
+                                                          stale_after_s=10))
+        settings.registry.root, settings.kafka = registry.root, broker.kafka
+        controller = DeployController(settings, registry=registry)
+        try:
+            result, rollouts = asyncio.run(measure_fleet([s.url for s in servers],
+                                                         controller, args, vocab))
+            FLEET_ROLLOUTS.extend(rollouts)
+            return result
+        finally:
+            controller.close()
+            for s in servers:
+                s.stop()
+
+
+FLEET_ROLLOUTS: list[Rollout] = []
+
 PATHS: dict[str, Callable[[Registry, Path, argparse.Namespace, int], PathResult]] = {
     "admin": run_admin,
     "kafka": run_kafka,
+    "fleet": run_fleet,
 }
 
 
@@ -379,6 +477,17 @@ def print_tables(results: list[PathResult], args: argparse.Namespace, console: C
                    f"{max(secs):.0f}", f"{statistics.median(server):.0f}",
                    f"{max(server):.0f}", f"{statistics.median(rtt):.0f}" if rtt else "–")
     console.print(sw)
+    if FLEET_ROLLOUTS:
+        fl = Table(title=f"Staged rollout across {args.replicas} replicas (max_unavailable 1):"
+                         " promote → every replica reported swapped")
+        for col in ("rollouts", "rollout p50 ms", "rollout max ms", "replica step p50 ms",
+                    "replica step max ms"):
+            fl.add_column(col, justify="right")
+        total = [(r.end - r.start) * 1000 for r in FLEET_ROLLOUTS]
+        steps = [x * 1000 for r in FLEET_ROLLOUTS for x in r.steps_s]
+        fl.add_row(str(len(total)), f"{statistics.median(total):.0f}", f"{max(total):.0f}",
+                   f"{statistics.median(steps):.0f}", f"{max(steps):.0f}")
+        console.print(fl)
     failures = [q.error for r in results for q in r.steady + r.during if q.error]
     if failures:
         console.print(f"[red]{len(failures)} failed requests, e.g. {failures[0]}[/red]")
@@ -410,7 +519,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--steady-requests", type=int, default=200)
     p.add_argument("--output-tokens", type=int, default=64)
-    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
+    p.add_argument("--paths", default="admin,kafka",
+                   help=f"comma-separated subset of {','.join(PATHS)}")
+    p.add_argument("--replicas", type=int, default=3, help="fleet: serving replicas")
+    p.add_argument("--rollouts", type=int, default=4, help="fleet: staged promotions")
+    p.add_argument("--kv-cache-gib", default="",
+                   help="fleet: RLHF_ENGINE__KV_CACHE_SPACE_GIB per replica (CPU memory)")
     p.add_argument("--out", type=Path,
                    default=Path(tempfile.gettempdir()) / "rlhf-bench-swap.json")
     return p.parse_args()

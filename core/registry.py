@@ -79,18 +79,30 @@ class LiveRecord(BaseModel):
     previous: str | None = Field(None, description="The version it replaced.")
     reason: str = Field(description="Why: promote, rollback, bootstrap …")
     changed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    detail: dict[str, Any] = Field(
+        default_factory=dict, description="The numbers behind the change (a rollout "
+                                          "decision's statistics), if any.")
 
 
 class PolicyEvent(EventBase):
     """An event on ``rlhf.policy``: a new candidate, a promotion, a rollback, a failed swap."""
 
-    type: Literal["candidate", "promote", "rollback", "swapped", "swap_failed"] = Field(
-        description="What happened to the version. Servers report `swapped` / `swap_failed`.")
+    type: Literal["candidate", "promote", "rollback", "swap", "swapped", "swap_failed",
+                  "heartbeat"] = Field(
+        description="What happened to the version. `swap` tells only the replicas in "
+                    "`targets` to serve `version` (a staged rollout); servers report "
+                    "`swapped` / `swap_failed` and announce themselves with `heartbeat`.")
     version: str = Field(description="The registry version concerned.")
     kind: Kind = Field("policy", description="policy or reward.")
     reason: str = Field("", description="Free-text reason (gate result, error …).")
     replica: str | None = Field(
         None, description="The serving replica reporting a swap (its host name).")
+    targets: list[str] | None = Field(
+        None, description="`swap` only: the replica ids that must act on it.")
+    command_id: str | None = Field(
+        None, description="On `swapped` / `swap_failed`: the event id of the `swap` it answers.")
+    url: str | None = Field(None, description="`heartbeat`: the replica's HTTP base URL.")
+    ready: bool | None = Field(None, description="`heartbeat`: whether /ready says ready.")
 
 
 def sha256_file(path: Path) -> str:
@@ -244,7 +256,8 @@ class Registry:
         record = self.live()
         return record.version if record else None
 
-    def set_live(self, version: str, reason: str) -> LiveRecord:
+    def set_live(self, version: str, reason: str,
+                 detail: dict[str, Any] | None = None) -> LiveRecord:
         """Make ``version`` (a policy) live: append to the history, then replace live.json."""
         if parse_version(version)[0] != "policy":
             raise RegistryError(f"only a policy can be live, got {version!r}")
@@ -252,7 +265,8 @@ class Registry:
         # One writer at a time across processes (CLI promote vs. the controller).
         with open(self.root / ".live.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            record = LiveRecord(version=version, previous=self.live_policy(), reason=reason)
+            record = LiveRecord(version=version, previous=self.live_policy(), reason=reason,
+                                detail=detail or {})
             with open(self.root / HISTORY, "a") as f:
                 f.write(record.model_dump_json() + "\n")
                 f.flush()

@@ -3,7 +3,9 @@
 ``GET /v1/deploy/status``, ``POST /v1/deploy/promote``, ``POST /v1/deploy/rollback``.
 Errors use OpenAI's error JSON; a gate failure is a 409 whose error lists the failed
 gates and carries the full report. The app's lifespan runs the ``rlhf.policy`` event loop
-when asked to, so one process serves the API and reacts to events.
+when asked to, so one process serves the API and reacts to events; it then also watches
+the fleet (replica heartbeats), so promotions are staged rollouts (docs/rollout.md), and
+serves the rollout metrics at ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
 from core.auth import KeyRing
@@ -37,7 +39,15 @@ class RollbackRequest(BaseModel):
 async def status(request: Request) -> DeployStatus:
     """Live version, every policy with its gate status, the history, replica versions."""
     controller: DeployController = request.app.state.controller
-    return controller.status(controller.replicas.snapshot())
+    return controller.status(controller.replica_rows())
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text: rollout state, per-replica swap times, online signals."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = request.app.state.controller.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def promote(body: PromoteRequest, request: Request) -> PromoteResult:
@@ -59,10 +69,15 @@ def create_app(controller: DeployController, keyring: KeyRing,
         from deploy.loop import consume
 
         stop = asyncio.Event()
-        task = asyncio.create_task(consume(controller, stop)) if consume_events else None
+        tasks = []
+        if consume_events:
+            tasks = [asyncio.create_task(consume(controller, stop)), controller.start_fleet(),
+                     asyncio.create_task(controller.watch_regressions(stop))]
         yield
         stop.set()
-        if task is not None:
+        if controller.watcher is not None:
+            controller.watcher.stop()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         controller.close()
@@ -75,6 +90,7 @@ def create_app(controller: DeployController, keyring: KeyRing,
                       response_model=PromoteResult)
     app.add_api_route("/v1/deploy/rollback", rollback, methods=["POST"], dependencies=admin,
                       response_model=RollbackResult)
+    app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/health", lambda: {"status": "ok"}, methods=["GET"])
     install_error_handlers(app)
     return app

@@ -67,7 +67,8 @@ def status(registry: Path | None = RegOpt, bootstrap_servers: str | None = Kafka
            replicas: bool = typer.Option(True, "--replicas/--no-replicas",
                                          help="Read replica versions from rlhf.policy.")
            ) -> None:
-    """Live version, every policy with its gate status, history, replica versions (JSON)."""
+    """Live version, every policy with its gate status, history, and the replicas heard
+    from within RLHF_ROLLOUT__STALE_AFTER_S with their versions (JSON)."""
     from kafka.errors import KafkaError
 
     from deploy.controller import DeployController
@@ -77,7 +78,8 @@ def status(registry: Path | None = RegOpt, bootstrap_servers: str | None = Kafka
     known = None
     if replicas:
         try:
-            known = read_replica_versions(settings.kafka)
+            known = read_replica_versions(settings.kafka,
+                                          stale_after_s=settings.rollout.stale_after_s)
         except KafkaError as e:
             typer.echo(f"warning: replica versions unknown, Kafka unreachable: {e}", err=True)
     typer.echo(DeployController(settings).status(known).model_dump_json(indent=2))
@@ -98,7 +100,8 @@ def promote(version: str = typer.Argument(..., help="Policy version to make live
             database_url: str | None = DbOpt, bootstrap_servers: str | None = KafkaOpt) -> None:
     """Run the gates (unless --force), make VERSION live and publish a promote event."""
     controller = _controller(_settings(registry, database_url, bootstrap_servers))
-    _run(controller, lambda: controller.promote(version, force, reason))
+    _run(controller, lambda: controller.with_fleet(
+        lambda: controller.promote(version, force, reason)))
 
 
 @deploy_app.command()
@@ -108,7 +111,7 @@ def rollback(version: str | None = typer.Argument(
              bootstrap_servers: str | None = KafkaOpt) -> None:
     """Make an earlier version live again and publish a rollback event."""
     controller = _controller(_settings(registry, None, bootstrap_servers))
-    _run(controller, lambda: controller.rollback(version, reason))
+    _run(controller, lambda: controller.with_fleet(lambda: controller.rollback(version, reason)))
 
 
 @deploy_app.command("controller")

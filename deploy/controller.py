@@ -5,6 +5,13 @@ rollback events on ``rlhf.policy`` tell running replicas to swap. So every chang
 write the live pointer, then publish the event and wait for the broker's ack; if the
 broker does not acknowledge, the pointer is put back and the caller gets BrokerDown.
 
+With a fleet in view (``start_fleet``: replicas' heartbeats on ``rlhf.policy``) and
+``RLHF_ROLLOUT__STAGED`` on, a promotion is staged instead (docs/rollout.md): an optional
+canary share first, judged online against the live version (deploy.online), then the
+rest, ``max_unavailable`` replicas at a time, each one's ``swapped`` report awaited. The
+live pointer moves only when the canary is accepted; a failed swap puts every swapped
+replica back and the pointer back on the previous version.
+
 One asyncio lock serialises promotions, rollbacks and event handling inside a process;
 the gates run in a worker thread so the admin API keeps answering meanwhile.
 """
@@ -29,7 +36,26 @@ from deploy.errors import (
 )
 from deploy.gates import GateReport, evaluate_and_record
 from deploy.notices import PolicyNotice, ReplicaTable, ReplicaVersion
+from deploy.online import (
+    Decision,
+    OnlinePolicy,
+    decide,
+    feedback_samples,
+    merged,
+    regression,
+    scrape,
+)
 from deploy.publish import PolicyPublisher
+from deploy.rollout import (
+    FleetWatcher,
+    RolloutFailed,
+    RolloutMetrics,
+    StageFailed,
+    SwapStep,
+    max_unavailable,
+    restore,
+    swap_fleet,
+)
 from deploy.settings import DeploySettings
 
 log = logging.getLogger(__name__)
@@ -38,12 +64,27 @@ BAD_MARKS = ("rolled_back", "swap_failed")
 """Keys in a version's gates.json that keep a default rollback from choosing it."""
 
 
+class RolloutReport(BaseModel):
+    """What a staged rollout did: which replicas swapped when, and the canary decisions."""
+
+    version: str = Field(description="The candidate.")
+    previous: str | None = Field(description="The live version it started from.")
+    canary: list[str] = Field(default_factory=list, description="Replicas of the canary.")
+    steps: list[SwapStep] = Field(default_factory=list, description="Every replica swap.")
+    decisions: list[Decision] = Field(default_factory=list,
+                                      description="Canary evaluations, the deciding one last.")
+    outcome: str = Field("running", description="running, promoted, canary_rolled_back or "
+                                                "swap_failed.")
+
+
 class PromoteResult(BaseModel):
     version: str = Field(description="The policy that is live now.")
     previous: str | None = Field(description="The policy it replaced.")
     forced: bool = Field(description="True when the gates were skipped.")
     gates: GateReport | None = Field(None, description="The gate report (None when forced).")
     event_id: str = Field(description="Id of the promote event on rlhf.policy.")
+    rollout: RolloutReport | None = Field(
+        None, description="The staged rollout (None: one promote event for the fleet).")
 
 
 class RollbackResult(BaseModel):
@@ -69,6 +110,8 @@ class DeployStatus(BaseModel):
     history: list[LiveRecord] = Field(description="Every change of the live policy.")
     replicas: list[ReplicaVersion] | None = Field(
         description="Each serving replica's last reported version; None if unknown.")
+    rollout: RolloutReport | None = Field(
+        None, description="The rollout in progress or the last one (controller only).")
 
 
 def gate_status(gates: dict[str, Any]) -> str:
@@ -98,11 +141,45 @@ class DeployController:
         self.store = store
         self.publisher = publisher or PolicyPublisher(settings.kafka)
         self.replicas = ReplicaTable()
+        self.watcher: FleetWatcher | None = None
+        self.metrics = RolloutMetrics()
+        self.online_policy = OnlinePolicy.load(settings.rollout.policy_file)
+        self.last_rollout: RolloutReport | None = None
+        self._watch: tuple[str, str, datetime, float] | None = None
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
         """Close the event producer (the lifespan's and each CLI command's last step)."""
         self.publisher.close()
+
+    # -- the fleet ---------------------------------------------------------------------
+    def start_fleet(self) -> asyncio.Task:
+        """Start tailing heartbeats and swap reports; staged rollouts need it."""
+        self.watcher = FleetWatcher(self.settings.kafka, self.settings.rollout.stale_after_s)
+        return asyncio.create_task(self.watcher.run())
+
+    async def with_fleet(self, work):
+        """Run ``work()`` with the fleet watched (a CLI command's one call)."""
+        task = self.start_fleet()
+        try:
+            return await work()
+        finally:
+            assert self.watcher is not None
+            self.watcher.stop()
+            await task
+
+    async def _fleet(self) -> list[ReplicaVersion] | None:
+        """Ready replicas to stage a rollout over; None: publish one event instead."""
+        if self.watcher is None or not self.settings.rollout.staged:
+            return None
+        await self.watcher.wait_caught_up()
+        return self.watcher.fleet(ready_only=True) or None
+
+    def replica_rows(self) -> list[ReplicaVersion]:
+        """The fleet table (fresh replicas only) when watched, else the reports seen."""
+        if self.watcher is not None:
+            return self.watcher.fleet()
+        return self.replicas.snapshot()
 
     # -- checks ------------------------------------------------------------------------
     def _policy(self, version: str) -> None:
@@ -140,16 +217,151 @@ class DeployController:
                 raise GatesFailed(report)
             self._clear_bad_marks(version)
             why = f"promote{' (forced)' if force else ''}" + (f": {reason}" if reason else "")
+            fleet = await self._fleet()
+            if fleet is not None:
+                return await self._staged_promote(version, why, fleet, force, report)
             record, event = await self._switch(version, "promote", why)
             return PromoteResult(version=version, previous=record.previous, forced=force,
                                  gates=report, event_id=event.event_id)
+
+    # -- staged rollout ----------------------------------------------------------------
+    async def _staged_promote(self, version: str, why: str, fleet: list[ReplicaVersion],
+                              force: bool, gates: GateReport | None) -> PromoteResult:
+        """Canary (optional), then the rest; a failed swap restores the previous version."""
+        rs, previous = self.settings.rollout, self.registry.live_policy()
+        ids = [r.replica for r in fleet]
+        batch = max_unavailable(rs.max_unavailable, len(ids))
+        n_canary = min(rs.canary_replicas, len(ids) - 1) if previous else 0
+        rollout = self.last_rollout = RolloutReport(version=version, previous=previous,
+                                                    canary=ids[:n_canary])
+        swapped: list[str] = []
+        moved = False
+        try:
+            if n_canary:
+                decision = await self._canary(rollout, fleet, batch, swapped)
+                if decision.action == "rollback":
+                    await self._undo(rollout, swapped, batch, moved=False,
+                                     why=f"canary of {version} rolled back: {decision.reason}")
+                    raise RolloutFailed(f"canary of {version} rolled back: {decision.reason}",
+                                        rollout=rollout.model_dump(mode="json"))
+            detail = ({"decision": rollout.decisions[-1].model_dump(mode="json")}
+                      if rollout.decisions else {})
+            record = self.registry.set_live(version, why, detail)
+            moved = True
+            self.metrics.set_state("rolling", version)
+            rest = [r for r in ids if r not in swapped]
+            rollout.steps += await swap_fleet(
+                self.watcher, self.publisher, rest, version, batch,  # type: ignore[arg-type]
+                rs.swap_timeout_s, why, self.metrics)
+            swapped += rest
+        except StageFailed as f:
+            rollout.steps += [s for s in f.steps if s not in rollout.steps]
+            swapped += [r for r in f.swapped if r not in swapped]
+            await self._undo(rollout, swapped, batch, moved,
+                             why=f"swap of {version} failed on {f.replica}: {f.reason}")
+            self._mark(version, "swap_failed", {"replica": f.replica, "reason": f.reason})
+            rollout.outcome = "swap_failed"
+            raise RolloutFailed(f"rollout of {version} stopped: swap failed on {f.replica}: "
+                                f"{f.reason}; {previous} restored",
+                                rollout=rollout.model_dump(mode="json")) from None
+        event = PolicyEvent(type="promote", version=version, reason=why)
+        try:  # replicas outside the table (still loading) follow the live pointer
+            await self.publisher.publish(event)
+        except BrokerUnavailable as e:
+            log.warning("promote event of %s not published (replicas all swapped): %s",
+                        version, e)
+        rollout.outcome = "promoted"
+        self.metrics.set_state("idle", version)
+        if rs.watch_s > 0 and previous:
+            self._watch = (version, previous, datetime.now(UTC), rs.watch_s)
+        log.info("staged rollout: %s is live on %d replicas (was %s)", version, len(ids),
+                 previous)
+        return PromoteResult(version=version, previous=record.previous, forced=force,
+                             gates=gates, event_id=event.event_id, rollout=rollout)
+
+    async def _canary(self, rollout: RolloutReport, fleet: list[ReplicaVersion], batch: int,
+                      swapped: list[str]) -> Decision:
+        """Swap the canary share, then evaluate every interval until not ``hold``."""
+        version, live = rollout.version, rollout.previous or ""
+        policy, urls = self.online_policy, [r.url for r in fleet if r.url]
+        self.metrics.set_state("canary", version)
+        base = await asyncio.to_thread(scrape, urls)
+        started = datetime.now(UTC)
+        steps = await swap_fleet(self.watcher, self.publisher,  # type: ignore[arg-type]
+                                 rollout.canary, version, batch,
+                                 self.settings.rollout.swap_timeout_s,
+                                 f"canary of {version}", self.metrics)
+        rollout.steps += steps
+        swapped += rollout.canary
+        clock = asyncio.get_running_loop().time
+        t0 = clock()
+        while True:
+            await asyncio.sleep(policy.interval_s)
+            decision = await asyncio.to_thread(self._evaluate, version, live, base, started,
+                                               urls, clock() - t0)
+            rollout.decisions.append(decision)
+            self._record_decision(version, decision)
+            if decision.action != "hold":
+                return decision
+
+    def _evaluate(self, version: str, live: str, base, since: datetime, urls: list[str],
+                  elapsed: float) -> Decision:
+        """One canary evaluation from the replicas' /metrics and the feedback store."""
+        totals = scrape(urls)
+        fb = (feedback_samples(self.store, [version, live], since)
+              if self.store is not None else {})
+        canary = merged(totals.minus(base, version), fb.get(version) or _empty())
+        current = merged(totals.minus(base, live), fb.get(live) or _empty())
+        decision = decide(self.online_policy, version, live, canary, current, elapsed,
+                          datetime.now(UTC))
+        for r in decision.signals:
+            for v, value, n in ((version, r.canary, r.n_canary), (live, r.live, r.n_live)):
+                if value is not None:
+                    self.metrics.signal.labels(version=v, signal=r.signal).set(value)
+                self.metrics.signal.labels(version=v, signal=f"{r.signal}_n").set(n)
+        log.info("canary %s vs %s: %s (%s)", version, live, decision.action, decision.reason)
+        return decision
+
+    def _record_decision(self, version: str, decision: Decision) -> None:
+        """Keep the last 100 decisions in the candidate's gates.json (``rollout``)."""
+        gates = dict(self.registry.get(version).gates)
+        kept = list(gates.get("rollout", {}).get("decisions", []))[-99:]
+        gates["rollout"] = {"decisions": [*kept, decision.model_dump(mode="json")]}
+        self.registry.update_gates(version, gates)
+        self.metrics.decisions.labels(action=decision.action).inc()
+
+    async def _undo(self, rollout: RolloutReport, swapped: list[str], batch: int,
+                    moved: bool, why: str) -> None:
+        """Swapped replicas back to the previous version; the pointer too if it moved."""
+        previous, version = rollout.previous, rollout.version
+        self.metrics.set_state("restoring", version)
+        if previous is not None and swapped:
+            rollout.steps += await restore(
+                self.watcher, self.publisher, swapped, previous, batch,  # type: ignore[arg-type]
+                self.settings.rollout.swap_timeout_s, why, self.metrics)
+        detail = {"decision": rollout.decisions[-1].model_dump(mode="json")
+                  if rollout.decisions else None, "restored": swapped}
+        if previous is not None:
+            # live stays (or returns to) the previous version; the record keeps the numbers
+            self.registry.set_live(previous, f"rollback: {why}", detail)
+        self._mark(version, "rolled_back", {"to": previous, "reason": why})
+        if moved and previous is not None:
+            try:
+                await self.publisher.publish(PolicyEvent(type="rollback", version=previous,
+                                                         reason=why))
+            except BrokerUnavailable as e:
+                log.warning("rollback event not published: %s", e)
+        rollout.outcome = ("canary_rolled_back" if rollout.outcome == "running"
+                           else rollout.outcome)
+        self.metrics.set_state("idle", previous or "")
 
     async def rollback(self, version: str | None = None, reason: str = "") -> RollbackResult:
         """Make ``version`` (default: the previous good live version) live again."""
         async with self._lock:
             return await self._rollback(version, reason)
 
-    async def _rollback(self, version: str | None, reason: str) -> RollbackResult:
+    async def _rollback(self, version: str | None, reason: str,
+                        detail: dict[str, Any] | None = None) -> RollbackResult:
         live = self.registry.live_policy()
         if live is None:
             raise NotPromotable("no policy is live, nothing to roll back")
@@ -162,13 +374,67 @@ class DeployController:
         self._intact(target)
         self._mark(live, "rolled_back", {"to": target, "reason": reason})
         why = "rollback" + (f": {reason}" if reason else "")
-        _, event = await self._switch(target, "rollback", why)
+        fleet = await self._fleet()
+        if fleet is not None:  # pointer first, then replicas a few at a time
+            self.registry.set_live(target, why, detail)
+            await restore(self.watcher, self.publisher,  # type: ignore[arg-type]
+                          [r.replica for r in fleet if r.version != target], target,
+                          max_unavailable(self.settings.rollout.max_unavailable, len(fleet)),
+                          self.settings.rollout.swap_timeout_s, why, self.metrics)
+            event = PolicyEvent(type="rollback", version=target, reason=why)
+            try:
+                await self.publisher.publish(event)
+            except BrokerUnavailable as e:
+                log.warning("rollback event of %s not published: %s", target, e)
+            return RollbackResult(version=target, rolled_back=live, event_id=event.event_id)
+        _, event = await self._switch(target, "rollback", why, detail)
         return RollbackResult(version=target, rolled_back=live, event_id=event.event_id)
 
-    async def _switch(self, version: str, kind: str, reason: str
-                      ) -> tuple[LiveRecord, PolicyEvent]:
+    # -- regression after a full rollout -------------------------------------------------
+    async def watch_regressions(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: after a staged rollout with watch_s > 0, roll back when the new
+        live version is rated below the previous one by the policy's margin."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.online_policy.interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self._check_regression()
+            except Exception:  # noqa: BLE001 - the watch must outlive one bad check
+                log.exception("regression check failed")
+
+    async def _check_regression(self) -> None:
+        if self._watch is None or self.store is None:
+            return
+        version, previous, since, watch_s = self._watch
+        if self.registry.live_policy() != version or (
+                datetime.now(UTC) - since).total_seconds() > watch_s:
+            self._watch = None
+            return
+        fb = await asyncio.to_thread(feedback_samples, self.store, [version, previous], None)
+        new = await asyncio.to_thread(feedback_samples, self.store, [version], since)
+        result = regression(self.online_policy, version, previous, new[version].ratings,
+                            fb[previous].ratings)
+        if result.verdict != "worse":
+            return
+        reason = (f"{version} rated below {previous} by {result.worse:.3g} (interval "
+                  f"{result.low:.3g}..{result.high:.3g}, margin "
+                  f"{self.online_policy.regression_margin})")
+        async with self._lock:
+            if self.registry.live_policy() != version:
+                return
+            self._watch = None
+            self.metrics.decisions.labels(action="regression_rollback").inc()
+            await self._rollback(previous, reason,
+                                 {"regression": result.model_dump(mode="json")})
+            log.warning("regression: %s", reason)
+
+    async def _switch(self, version: str, kind: str, reason: str,
+                      detail: dict[str, Any] | None = None) -> tuple[LiveRecord, PolicyEvent]:
         """Live pointer first, then the event; put the pointer back if the broker fails."""
-        record = self.registry.set_live(version, reason)
+        record = self.registry.set_live(version, reason, detail)
         event = PolicyEvent(type=kind, version=version, reason=reason)
         try:
             await self.publisher.publish(event)
@@ -206,13 +472,16 @@ class DeployController:
             for m in self.registry.list("policy")]
         return DeployStatus(live=live.version if live else None,
                             live_since=live.changed_at if live else None,
-                            versions=versions, history=history, replicas=replicas)
+                            versions=versions, history=history, replicas=replicas,
+                            rollout=self.last_rollout)
 
     # -- events from rlhf.policy ---------------------------------------------------------
     async def handle(self, notice: PolicyNotice) -> None:
         """React to one policy event; DeployErrors are logged, never raised."""
         self.replicas.apply(notice)
         event = notice.event
+        if event.command_id:
+            return  # answers a staged rollout's swap: the rollout itself handles failures
         try:
             if event.type == "candidate" and event.kind == "policy":
                 await self._on_candidate(event.version)
@@ -241,3 +510,9 @@ class DeployController:
                 result = await self._rollback(None, f"swap of {version} failed on "
                                                     f"{replica or 'a replica'}: {reason}")
                 log.warning("swap of %s failed; rolled back to %s", version, result.version)
+
+
+def _empty():
+    from deploy.online import Samples
+
+    return Samples()

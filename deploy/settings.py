@@ -82,6 +82,42 @@ class GateSettings(BaseModel):
         description="Human win rate from the labeling workbench's candidate queues.")
 
 
+class RolloutSettings(BaseModel):
+    """Staged, canary-first rollouts across the serving fleet (``RLHF_ROLLOUT__…``).
+
+    With ``staged`` on and replicas heard from (heartbeats on ``rlhf.policy``), a
+    promotion swaps replicas a few at a time and waits for each one's report; a failed
+    swap stops it and puts the swapped replicas back. With ``canary_replicas`` > 0 the
+    candidate first serves on that many replicas while the online policy (docs/rollout.md)
+    compares it with the live version, and rolls forward, holds, or rolls back.
+    """
+
+    staged: bool = Field(
+        True, description="Swap replicas explicitly, at most max_unavailable at a time; "
+                          "off (or no replica heard from): one promote event for all.")
+    max_unavailable: str = Field(
+        "1", pattern=r"^\d+%?$", description="Most replicas swapping at once: a count "
+                                             "(`1`) or a share of the fleet (`25%`, at "
+                                             "least one replica).")
+    canary_replicas: int = Field(
+        0, ge=0, description="Replicas that serve the candidate first, during the canary "
+                             "window; 0 = no canary, straight to a staged full rollout.")
+    policy_file: Path | None = Field(
+        None, description="YAML online-evaluation policy (window, interval, "
+                          "signals and thresholds, docs/rollout.md); None = the defaults.")
+    stale_after_s: float = Field(
+        15.0, gt=0, description="A replica not heard from for this long leaves the fleet "
+                                "table (3 heartbeats at the serving default).")
+    swap_timeout_s: float = Field(
+        300.0, gt=0, description="How long to wait for one replica's swap report; no "
+                                 "report counts as a failed swap.")
+    watch_s: float = Field(
+        0.0, ge=0, description="After a full rollout, keep comparing the new live "
+                               "version's user ratings with the previous version's this "
+                               "long, and roll back on a regression (long-running "
+                               "controller only); 0 = off.")
+
+
 class DeploySettings(ProcessSettings):
     """Everything ``rlhf deploy …`` (the deploy controller) reads."""
 
@@ -90,6 +126,7 @@ class DeploySettings(ProcessSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     auto_promote: bool = Field(False, description="Promote candidates that pass every gate.")
     gates: GateSettings = Field(default_factory=GateSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     host: str = Field("0.0.0.0", description="Bind address of the controller's admin API.")
     port: int = Field(8300, ge=0, le=65535, description="Port of the admin API (/v1/deploy).")

@@ -62,6 +62,7 @@ stop_image_processes() {
   done
 }
 cleanup() {
+  set +e
   if [[ -n $server_pid ]]; then
     kill -TERM -- "-$server_pid" 2>/dev/null || true
     sleep 2
@@ -99,7 +100,8 @@ log "3/3 rlhf serve on 127.0.0.1:$PORT"
 serve_log=$(mktemp /tmp/rlhf-smoke-serve.XXXXXX.log)
 set -m  # the server gets its own process group, so cleanup can stop all of it
 in_image rlhf serve --model /tmp/tiny --host 127.0.0.1 --port "$PORT" --grpc-port "$GRPC_PORT" \
-  --served-model-name tiny --max-model-len 512 >"$serve_log" 2>&1 &
+  --served-model-name tiny --max-model-len 512 --dtype "${SMOKE_DTYPE:-float32}" \
+  >"$serve_log" 2>&1 &
 set +m
 server_pid=$!
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from statistics import fmean, median
@@ -42,6 +44,16 @@ def utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
+@contextmanager
+def writing(engine: Engine) -> Iterator[Session]:
+    """A write transaction that takes SQLite's write lock up front (``BEGIN IMMEDIATE``,
+    as the store's own writes do), so it waits for the ingester instead of failing with
+    "database is locked" when a read turns into a write. PostgreSQL ignores the option."""
+    with engine.connect().execution_options(immediate=True) as conn:
+        with Session(bind=conn, expire_on_commit=False) as s, s.begin():
+            yield s
+
+
 @dataclass(frozen=True)
 class NewItem:
     """An item to add to a queue: a prompt and its answers in canonical order."""
@@ -54,7 +66,7 @@ class NewItem:
 def create_queue(engine: Engine, fields: dict[str, Any], items: list[NewItem]) -> int:
     """Insert a queue with its items; Conflict when the name is taken."""
     now = datetime.now(UTC)
-    with Session(engine) as s, s.begin():
+    with writing(engine) as s:
         if s.scalar(select(Queue.id).where(Queue.name == fields["name"])) is not None:
             raise Conflict(f"name: a queue named {fields['name']!r} exists", param="name")
         queue = Queue(**fields, status="open", created_at=now)
@@ -75,7 +87,7 @@ def get_queue(engine: Engine, queue_id: int) -> Queue:
 
 
 def set_status(engine: Engine, queue_id: int, status: str) -> None:
-    with Session(engine) as s, s.begin():
+    with writing(engine) as s:
         queue = s.get(Queue, queue_id)
         if queue is None:
             raise NotFound(f"queue {queue_id} does not exist", param="queue_id")
@@ -134,30 +146,29 @@ def next_assignment(engine: Engine, queue_id: int, labeler: str,
     """
     now = datetime.now(UTC)
     for _ in range(3):
-        with Session(engine, expire_on_commit=False) as s, s.begin():
-            queue = s.get(Queue, queue_id)
-            if queue is None:
-                raise NotFound(f"queue {queue_id} does not exist", param="queue_id")
-            held = _open_assignment(s, queue_id, labeler)
-            if held is not None:
-                return held, s.get_one(Item, held.item_id)
-            if queue.status != "open":
-                return None
-            chosen = choose_item(_loads(s, queue_id, labeler, now - lease), queue.overlap)
-            if chosen is None:
-                return None
-            item = s.get_one(Item, chosen)
-            assignment = Assignment(
-                item_id=chosen, queue_id=queue_id, labeler=labeler, status="assigned",
-                display_order=display_order(len(item.answers)), assigned_at=now,
-                event_id=uuid.uuid4().hex)
-            s.add(assignment)
-            try:
+        try:
+            with writing(engine) as s:
+                queue = s.get(Queue, queue_id)
+                if queue is None:
+                    raise NotFound(f"queue {queue_id} does not exist", param="queue_id")
+                held = _open_assignment(s, queue_id, labeler)
+                if held is not None:
+                    return held, s.get_one(Item, held.item_id)
+                if queue.status != "open":
+                    return None
+                chosen = choose_item(_loads(s, queue_id, labeler, now - lease), queue.overlap)
+                if chosen is None:
+                    return None
+                item = s.get_one(Item, chosen)
+                assignment = Assignment(
+                    item_id=chosen, queue_id=queue_id, labeler=labeler, status="assigned",
+                    display_order=display_order(len(item.answers)), assigned_at=now,
+                    event_id=uuid.uuid4().hex)
+                s.add(assignment)
                 s.flush()
-            except IntegrityError:
-                s.rollback()
-                continue
-            return assignment, item
+                return assignment, item
+        except IntegrityError:  # the same labeler asked twice at once: look again
+            continue
     return None
 
 
@@ -178,7 +189,7 @@ def finish(engine: Engine, assignment_id: int, status: str, *, verdict: str | No
            flags: dict | None = None, note: str | None = None) -> float:
     """Mark an assignment done or skipped; returns the seconds it took."""
     now = datetime.now(UTC)
-    with Session(engine) as s, s.begin():
+    with writing(engine) as s:
         a = s.get_one(Assignment, assignment_id)
         seconds = (now - utc(a.assigned_at)).total_seconds()
         a.status, a.completed_at, a.seconds = status, now, seconds

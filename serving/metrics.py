@@ -47,6 +47,15 @@ class ServingMetrics:
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.swaps = Counter("rlhf:policy_swaps", "Hot-swaps of the policy by outcome.",
                              ["outcome"], registry=r)
+        self.version_requests = Counter(
+            "rlhf:version_requests", "Generation requests by the policy version that "
+            "answered and outcome (ok, error, aborted); the deploy controller compares "
+            "a canary's error rate with the live version's from these.",
+            ["version", "outcome"], registry=r)
+        self.version_latency = Histogram(
+            "rlhf:version_request_latency_seconds", "Time a generation request held its "
+            "policy version (admission to last token), by version.", ["version"],
+            buckets=LATENCY_BUCKETS, registry=r)
         self.unlogged = Counter("rlhf:completions_unlogged", "Served completions the "
                                 "completion log could not record (reason=invalid: the "
                                 "event schema refused them).", ["reason"], registry=r)
@@ -57,6 +66,12 @@ class ServingMetrics:
         self.in_flight.set_function(engine.num_unfinished_requests)
         self.running.set_function(lambda: stats.running)
         self.waiting.set_function(lambda: stats.waiting)
+
+    def observe_request(self, version: str, seconds: float, outcome: str) -> None:
+        """One generation request answered by ``version``: count it and its latency."""
+        self.version_requests.labels(version=version, outcome=outcome).inc()
+        if outcome == "ok":
+            self.version_latency.labels(version=version).observe(seconds)
 
     def set_policy(self, version: str) -> None:
         self.policy.clear()

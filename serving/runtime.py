@@ -28,6 +28,7 @@ class Runtime:
         self.settings = settings
         self.metrics = ServingMetrics()
         self.policy = PolicyState(version=version, path=model_path)
+        self.policy.observer = self.metrics.observe_request
         self.model_name = settings.served_model_name or Path(model_path).name
         self.keyring = KeyRing.from_settings(settings.auth)
         self.engine: Engine | None = None

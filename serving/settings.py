@@ -73,6 +73,26 @@ class EngineSettings(BaseModel):
                                 "sizes it from gpu_memory_utilization).")
 
 
+class ReplicaSettings(BaseModel):
+    """How this replica announces itself to the deploy controller (``RLHF_REPLICA__…``).
+
+    Every ``heartbeat_interval_s`` a ``heartbeat`` event on ``rlhf.policy`` says the
+    replica's id, URL, served version and readiness; the controller's fleet table drops a
+    replica it has not heard from for its ``RLHF_ROLLOUT__STALE_AFTER_S``.
+    """
+
+    id: str | None = Field(
+        None, description="Replica id in the fleet table and in `swap` targets; default: "
+                          "the host name (the pod name in Kubernetes). Must be unique.")
+    url: str | None = Field(
+        None, description="HTTP base URL the controller scrapes /metrics from; default: "
+                          "http://<bind address, or the host name when bound to all interfaces>:"
+                          "<RLHF_HTTP__PORT>.")
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between heartbeats (they need publish_events and "
+                               "follow_policy_events).")
+
+
 class ServeSettings(ProcessSettings):
     """Everything ``rlhf serve`` reads."""
 
@@ -89,6 +109,7 @@ class ServeSettings(ProcessSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
     follow_policy_events: bool = Field(
         True, description="Hot-swap on promote/rollback events from the `rlhf.policy` topic.")
     publish_events: bool = Field(

@@ -4,7 +4,11 @@ A swap: verify the version's files → close the admission gate and let admitted
 finish → pause the engine (``mode="wait"``) → reload weights in place → reset the prefix
 cache → resume → publish the new version. If any step fails, the previous weights are
 reloaded, serving goes on, and the version stays not-live here. Every replica reads
-every event (no consumer group), so a promotion reaches the whole fleet.
+every event (no consumer group): a ``promote``/``rollback`` reaches the whole fleet (each
+replica then serves the registry's live version), while a ``swap`` names its ``targets``
+and only those replicas act on it: that is how the deploy controller stages a rollout
+(a few replicas at a time, a canary share first). Each swap is answered with a
+``swapped`` or ``swap_failed`` report carrying the command's id, then a heartbeat.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from core.events import InvalidEvent, decode_event
 from core.registry import PolicyEvent, Registry, RegistryError
 from core.settings import KafkaSettings
+from serving.heartbeat import beat, replica_id, run_heartbeats
 
 if TYPE_CHECKING:
     from serving.runtime import Runtime
@@ -118,29 +123,33 @@ def weight_mismatch(current: Path, candidate: Path) -> str | None:
     return None
 
 
-async def report(runtime: Runtime, type_: str, version: str, reason: str = "") -> None:
+async def report(runtime: Runtime, type_: str, version: str, reason: str = "",
+                 command_id: str | None = None) -> None:
     """Tell the deploy controller what happened here (best effort)."""
     if runtime.publisher is None:
         return
     try:
         await runtime.publisher.publish(
             runtime.settings.kafka.topics.policy,
-            PolicyEvent(type=type_, version=version, reason=reason, replica=REPLICA))
+            PolicyEvent(type=type_, version=version, reason=reason,
+                        replica=replica_id(runtime.settings), command_id=command_id))
     except Exception:
         log.warning("Could not report %s of %s to %s", type_, version,
                     runtime.settings.kafka.topics.policy, exc_info=True)
 
 
-async def apply(runtime: Runtime, version: str) -> None:
-    """Swap, then report ``swapped`` or ``swap_failed``."""
+async def apply(runtime: Runtime, version: str, command_id: str | None = None) -> None:
+    """Swap, then report ``swapped`` or ``swap_failed`` (naming the command) and beat."""
     try:
         await swap_policy(runtime, version)
     except SwapFailed as exc:
         runtime.metrics.swaps.labels(outcome="failed").inc()
         log.error("Swap to %s failed: %s", version, exc)
-        await report(runtime, "swap_failed", version, str(exc))
+        await report(runtime, "swap_failed", version, str(exc), command_id)
+        await beat(runtime)
         raise
-    await report(runtime, "swapped", version)
+    await report(runtime, "swapped", version, command_id=command_id)
+    await beat(runtime)
 
 
 class PolicyFollower:
@@ -151,6 +160,16 @@ class PolicyFollower:
         self._stop = False
 
     async def run(self) -> None:
+        """Follow the topic and send heartbeats until stopped (or cancelled)."""
+        stop = asyncio.Event()
+        beats = asyncio.create_task(run_heartbeats(self.runtime, stop))
+        try:
+            await self._follow()
+        finally:
+            stop.set()
+            beats.cancel()
+
+    async def _follow(self) -> None:
         consumer: Any = None
         while not self._stop:
             try:
@@ -189,15 +208,22 @@ class PolicyFollower:
         except InvalidEvent as exc:
             log.warning("Ignoring an unreadable event on %s: %s", self.kafka.topics.policy, exc)
             return
-        if event.kind != "policy" or event.type not in ("promote", "rollback"):
+        if event.kind != "policy" or event.type not in ("promote", "rollback", "swap"):
             return
+        me = replica_id(self.runtime.settings)
+        if event.type == "swap" and me not in (event.targets or ()):
+            return  # a staged rollout step for other replicas
         if self.runtime.engine is None:
             await self.runtime.wait_loaded()
-        # The registry's live pointer is the truth: events may be replayed or reordered,
-        # so a promote/rollback only says "look again".
-        live = Registry(self.runtime.settings.registry.root).live_policy() or event.version
+        if event.type == "swap":
+            target, command = event.version, event.event_id
+        else:
+            # The registry's live pointer is the truth: events may be replayed or
+            # reordered, so a promote/rollback only says "look again".
+            target = Registry(self.runtime.settings.registry.root).live_policy() or event.version
+            command = None
         try:
-            await apply(self.runtime, live)
+            await apply(self.runtime, target, command)
         except SwapFailed:
             pass  # reported; the previous version keeps serving
 

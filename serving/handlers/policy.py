@@ -8,6 +8,7 @@ version. So a response's ``policy_version`` is always the weights that produced 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,8 @@ class PolicyState:
         self._open.set()
         self._active = 0
         self._idle = asyncio.Condition()
+        self.observer: Callable[[str, float, str], None] | None = None
+        """Called once per admitted request: (version, seconds, ok | error | aborted)."""
 
     @property
     def swapping(self) -> bool:
@@ -35,9 +38,16 @@ class PolicyState:
         """Hold the served version for the lifetime of one request."""
         await self._open.wait()
         self._active += 1
+        version, started, outcome = self.version, time.perf_counter(), "error"
         try:
-            yield self.version
+            yield version
+            outcome = "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "aborted"
+            raise
         finally:
+            if self.observer is not None:
+                self.observer(version, time.perf_counter() - started, outcome)
             self._active -= 1
             async with self._idle:
                 self._idle.notify_all()

@@ -46,7 +46,7 @@ class Running:
         self.ingester = Ingester(self.settings, store=FeedbackStore(store_url),
                                  registry=self.registry, max_backoff_s=0.5)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run)
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
