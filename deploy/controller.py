@@ -495,7 +495,13 @@ class DeployController:
         self._policy(version)
         if self.registry.get(version).gates or version == self.registry.live_policy():
             return  # evaluated before (a replayed event) or already serving
-        if self.settings.auto_promote:
+        live = self.registry.live_policy()
+        # An SFT is judged against the current SFT (the SFT gates), not the live policy: it
+        # replaces a live base or SFT, but under a live PPO result it only becomes the base
+        # of the next PPO lineage (training.cycle), whose candidates must beat the live one.
+        sft_under_ppo = self.registry.get(version).config.get("recipe") == "sft" and \
+            live is not None and self.registry.get(live).config.get("recipe") == "ppo"
+        if self.settings.auto_promote and not sft_under_ppo:
             await self.promote(version, reason="auto-promote")
         else:
             report = await self.evaluate(version)

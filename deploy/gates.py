@@ -32,6 +32,22 @@ Gates, each a pure function of the measurements with thresholds from ``GateSetti
 
 The report goes into the candidate's ``gates.json`` (``Registry.update_gates``); a
 candidate that fails stays a candidate, and the report says why.
+
+**SFT candidates** (``recipe: sft``) get the SFT gates instead (:func:`evaluate_sft`):
+they are compared with the *current SFT* (the newest older SFT version that passed its
+gates or was promoted by force; before any, the pretrained base the SFT started from),
+not with the live policy:
+
+* ``lm_loss``: token-weighted LM loss on the held-out demonstrations (the hash slice no
+  SFT trains on, ``training.recipes.sft.split_demonstrations``, up to the candidate's data
+  mark) not worse than the current SFT's: candidate ≤ current. Against the pretrained
+  base (the first SFT) it must be strictly lower: an SFT that learnt nothing is not used.
+* ``reward_not_worse`` (only when a reward model exists): both answer the held-out gate
+  prompts ``samples_per_prompt`` times with the same seeds and the newest reward model
+  scores them; passes unless the whole bootstrap interval of the reward gain lies below
+  0 (upper bound ≥ 0: the candidate is not shown to be worse).
+
+``training.cycle`` starts PPO only from an SFT that passed them.
 """
 
 from __future__ import annotations
@@ -104,7 +120,9 @@ class GateReport(BaseModel):
     gates: dict[str, GateResult] = Field(description="Each gate's result, by name.")
     against: str = Field(description="The live policy the candidate was compared with.")
     reference: str = Field(description="The policy the KL was measured against.")
-    reward_model: str = Field(description="The reward version the candidate optimised.")
+    reward_model: str | None = Field(
+        description="The reward version the candidate optimised (SFT: the one that scored "
+                    "it, None before any reward model exists).")
     judge_model: str | None = Field(None, description="The held-out judge reward version.")
     samples_per_prompt: int = Field(1, description="Answers per prompt and policy.")
     prompts: dict[str, int] = Field(
@@ -365,6 +383,8 @@ def evaluate(registry: Registry, version: str, settings: GateSettings,
     manifest = registry.get(version)
     if manifest.kind != "policy":
         raise RegistryError(f"{version} is not a policy")
+    if manifest.config.get("recipe") == "sft":
+        return evaluate_sft(registry, manifest, settings, store)
     live = baseline_for(registry, manifest)
     reference = reference_for(registry, manifest, settings, live)
     reward = reward_model_for(registry, settings, manifest)
@@ -392,6 +412,107 @@ def evaluate(registry: Registry, version: str, settings: GateSettings,
     return make_report(
         version, gates, against=live, reference=reference, reward_model=reward,
         judge_model=judge, samples_per_prompt=k, prompts=sources,
+        settings=settings.model_dump(mode="json"), seconds=time.perf_counter() - started)
+
+
+# -- SFT gates: is a new SFT version a better lineage base than the current one? ------------
+
+def current_sft(registry: Registry, manifest: Manifest) -> str:
+    """What SFT candidate ``manifest`` must not be worse than: the newest older SFT version
+    that passed its gates (or was promoted by force), else its parent (the pretrained base
+    it was fine-tuned from). GateError when there is neither."""
+    from training.cycle import is_sft, sft_usable
+
+    older = [m.version for m in registry.list("policy") if is_sft(m)
+             and m.version < manifest.version and sft_usable(registry, m)]
+    if older:
+        return older[-1]
+    if manifest.parent is None:
+        raise GateError(f"{manifest.version}: no SFT version and no parent to compare with")
+    return manifest.parent
+
+
+def heldout_demonstrations(store, manifest: Manifest) -> list:
+    """The candidate's held-out demonstrations: those that may train (its config's
+    ``train_on_user_feedback``) up to its data mark, in the held-out hash slice."""
+    from training.recipes.sft import split_demonstrations, trainable
+
+    cfg = manifest.config
+    demos = trainable(store.demonstrations(until=manifest.data_mark),
+                      bool(cfg.get("train_on_user_feedback", False)))
+    return split_demonstrations(demos, float(cfg.get("eval_fraction", 0.1)),
+                                int(cfg.get("seed", 0)))[1]
+
+
+def lm_loss_gate(cand_loss: float, current_loss: float, strict: bool) -> GateResult:
+    """Held-out LM loss: candidate ≤ current (``strict``: < , against a pretrained base)."""
+    value = cand_loss - current_loss
+    passed = value < 0 if strict else value <= 0
+    rule = "<" if strict else "≤"
+    return GateResult(
+        value=value, threshold=0.0, passed=passed,
+        reason=f"held-out LM loss {cand_loss:.4f} vs current {current_loss:.4f} nats/token "
+               f"(change {value:+.4f}; needs {rule} 0)",
+        detail={"candidate_loss": cand_loss, "current_loss": current_loss})
+
+
+def sft_reward_gate(cand: Sequence[float], current: Sequence[float],
+                    samples_per_prompt: int = 1, boot: Bootstrap | None = None) -> GateResult:
+    """Reward not worse: the upper bootstrap bound of mean_x[r(cand) − r(current)] ≥ 0."""
+    boot = boot or Bootstrap()
+    gains = per_prompt([c - b for c, b in zip(cand, current, strict=True)],
+                       samples_per_prompt)
+    c, b = fmean(cand), fmean(current)
+    lower, upper = bootstrap_interval(gains, boot)
+    passed = upper >= 0
+    return GateResult(
+        value=c - b, threshold=0.0, passed=passed, lower=lower, upper=upper,
+        confidence=boot.confidence,
+        reason=f"mean reward {c:.4f} vs current SFT {b:.4f}: change {c - b:+.4f}, "
+               f"{boot.confidence:.0%} interval [{lower:+.4f}, {upper:+.4f}], upper bound "
+               f"{'≥' if passed else '<'} 0",
+        detail={"candidate_mean": c, "current_mean": b})
+
+
+def evaluate_sft(registry: Registry, manifest: Manifest, settings: GateSettings,
+                 store=None) -> GateReport:
+    """The SFT gates of SFT candidate ``manifest`` (see the module docstring).
+
+    Needs the feedback store (the held-out demonstrations); GateError without one or when
+    the candidate has no held-out demonstrations.
+    """
+    from deploy.measure import heldout_lm_loss, measure
+
+    version = manifest.version
+    if store is None:
+        raise GateError(f"{version}: the SFT gates need the feedback store "
+                        "(held-out demonstrations)")
+    current = current_sft(registry, manifest)
+    strict = registry.get(current).config.get("recipe") != "sft"
+    started = time.perf_counter()
+    demos = heldout_demonstrations(store, manifest)
+    if not demos:
+        raise GateError(f"{version}: no held-out demonstrations up to mark "
+                        f"{manifest.data_mark} (eval_fraction 0?)")
+    max_len = int(manifest.config.get("max_len", 512))
+    gates = {"lm_loss": lm_loss_gate(heldout_lm_loss(registry, version, demos, settings, max_len),
+                                     heldout_lm_loss(registry, current, demos, settings, max_len),
+                                     strict)}
+    newest = registry.latest("reward")
+    reward = settings.reward_model or (newest.version if newest else None)
+    k = settings.samples_per_prompt
+    sources = {"total": 0, "traffic": 0, "eval_file": 0, "fallback": 0}
+    if reward:
+        prompts, sources = held_out_prompts(store, settings)
+        m = measure(registry, settings, prompts, candidate=version, live=current,
+                    reference=current, reward_models=[reward], samples_per_prompt=k,
+                    max_new_tokens=answer_budget(manifest, settings))
+        boot = Bootstrap(settings.confidence, settings.bootstrap_resamples, settings.seed)
+        gates["reward_not_worse"] = sft_reward_gate(*m.rewards[reward], k, boot)
+    return make_report(
+        version, gates, against=current, reference=current, reward_model=reward,
+        judge_model=None, samples_per_prompt=k,
+        prompts={**sources, "heldout_demonstrations": len(demos)},
         settings=settings.model_dump(mode="json"), seconds=time.perf_counter() - started)
 
 

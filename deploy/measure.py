@@ -73,3 +73,34 @@ def measure(registry: Registry, s: GateSettings, prompts: list[str], *, candidat
             scorer.score(list(zip(repeated, live_samples.responses, strict=True))))
     return Measurements(rewards, cand_logp.tolist(), ref_logp.tolist(), cand_samples.lengths,
                         live_samples.lengths, cand_samples, live_samples)
+
+
+def heldout_lm_loss(registry: Registry, version: str, demos: list, s: GateSettings,
+                    max_len: int) -> float:
+    """Token-weighted LM loss (nats/token) of ``version`` on the response tokens of
+    ``demos`` (prompt tokens are not scored), as the SFT recipe measures its eval loss.
+    The model is loaded, used and released here (one model in memory at a time)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
+
+    from training.datasets import sft_example
+
+    path = registry.path(version)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(s.device)
+    model.eval()
+    examples = [sft_example(tokenizer, d.prompt, d.response, max_len) for d in demos]
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), s.batch_size):
+            batch = {k: v.to(s.device)
+                     for k, v in collate(examples[start:start + s.batch_size]).items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += model(**batch).loss.item() * n
+            tokens += n
+    del model
+    if tokens == 0:
+        raise GateError(f"{version}: the held-out demonstrations have no response tokens "
+                        f"within max_len {max_len}")
+    return total / tokens

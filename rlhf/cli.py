@@ -133,6 +133,8 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default
                                        "(RLHF_DEPLOY_PORT; default 8300)."),
        metrics_port: int = typer.Option(None, help="Ingester /metrics port "
                                         "(RLHF_INGEST_METRICS_PORT; default 9400)."),
+       workbench_port: int = typer.Option(None, help="Labeling workbench port "
+                                          "(RLHF_WORKBENCH_PORT; default 8500)."),
        train_every: float = typer.Option(None, help="Seconds between training cycles "
                                          "(RLHF_TRAIN_EVERY_S; default 30)."),
        min_new_rankings: int = typer.Option(
@@ -143,7 +145,8 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default
        gate_prompts: int = typer.Option(None, help="Held-out prompts each promotion gate "
                                         "samples (RLHF_GATES__NUM_PROMPTS; default 32)."),
        gate_max_new_tokens: int = typer.Option(
-           None, help="Tokens per gate sample (RLHF_GATES__MAX_NEW_TOKENS; default 48)."),
+           None, help="Tokens per gate sample (RLHF_GATES__MAX_NEW_TOKENS; default: the "
+                      "candidate's own max_new_tokens)."),
        auto_promote: bool = typer.Option(
            None, "--auto-promote/--no-auto-promote",
            help="Promote candidates that pass the gates (RLHF_AUTO_PROMOTE; default on)."),
@@ -154,7 +157,8 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default
            None, help="Embedded broker storage (RLHF_BROKER__STORAGE_URL; default "
                       "memory://tansu/, which loses unconsumed events on restart)."),
        ) -> None:
-    """Run the whole platform on this machine: broker, server, ingester, trainer, deploy.
+    """Run the whole platform on this machine: broker, server, ingester, trainer, deploy,
+    labeling workbench.
 
     Every port is checked first; if one is taken it exits 2 at once, naming the port and
     what holds it. Ctrl-C (SIGTERM) stops every child and everything they started.
@@ -164,7 +168,8 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default
     settings = _override(
         UpSettings(), home=home, model=model, http_port=port, grpc_port=grpc_port,
         broker_port=broker_port, deploy_port=deploy_port, ingest_metrics_port=metrics_port,
-        train_every_s=train_every, min_new_rankings=min_new_rankings, config_dir=config_dir,
+        workbench_port=workbench_port, train_every_s=train_every,
+        min_new_rankings=min_new_rankings, config_dir=config_dir,
         gates__num_prompts=gate_prompts, gates__max_new_tokens=gate_max_new_tokens,
         auto_promote=auto_promote, external_kafka=external_kafka,
         broker__storage_url=broker_storage)

@@ -2,14 +2,17 @@
 
 1. Start ``rlhf up`` in a fresh home (or use a running one: ``--url`` + ``--home``), with
    the demo's recipe configs (``training/configs/demo/``, via ``RLHF_CONFIG_DIR``).
-2. Labelers submit demonstrations (prompt + ideal answer) through the feedback API, and
-   the demo runs ``rlhf train sft`` once on them: InstructGPT's step 1, which ``rlhf
-   train cycle`` does not run. There is no reward model yet to gate it, so the bootstrap
-   is an operator's forced promotion through the deploy admin API.
+2. Labelers submit demonstrations (prompt + ideal answer) through the feedback API. Once
+   all of them are stored (``RLHF_MIN_NEW_DEMONSTRATIONS``), ``rlhf up``'s periodic
+   ``rlhf train cycle`` trains SFT on them (InstructGPT step 1) and announces it; the
+   deploy controller runs the SFT gates (held-out LM loss lower than the base model's;
+   there is no reward model yet) and promotes it. The demo waits for that verdict.
 3. Until the budget is spent, labelers send training prompts through the chat API, ask
    for K samples, rank them by the hidden rule and submit the rankings. ``rlhf up``'s
-   periodic ``rlhf train cycle`` trains reward models and PPO candidates; its deploy
-   controller gates them and promotes those that pass.
+   periodic ``rlhf train cycle`` trains reward models and PPO candidates (from the SFT,
+   then from the live policy, always KL-anchored to the SFT); its deploy controller gates
+   them (bootstrap intervals over several samples per held-out prompt) and promotes those
+   that pass.
 4. Every version is measured on held-out prompts (``rlhf.demo_report``); a table, a PNG
    and a JSON summary show the result. Exit 1 unless the live policy beats the first.
 """
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ import httpx
 from rlhf import demo_report as report
 from rlhf.demo_tasks import instruction_set, rank
 from rlhf.procs import Process, free_port, rlhf_command
+from training.lineage import is_ppo
 
 DEMO_CONFIGS = Path(__file__).parents[1] / "training" / "configs" / "demo"
 MARKER = ".rlhf-demo"
@@ -57,9 +60,13 @@ class DemoOptions:
     min_new_rankings: int = 48
     train_every_s: float = 10.0
     stop_after_promotions: int = 0  # stop early after this many gated promotions; 0 = never
+    sft_timeout_s: float = 600.0  # how long to wait for the SFT's gate verdict
+    # The gates' pace on 2 CPU cores: 16 held-out prompts × 4 seeded answers per policy
+    # (64 paired samples, bootstrap over the 16 prompts) take seconds with the tiny model.
     gate_env: dict[str, str] = field(default_factory=lambda: {
-        "RLHF_GATES__NUM_PROMPTS": "16", "RLHF_GATES__MAX_NEW_TOKENS": "24",
-        "RLHF_GATES__BATCH_SIZE": "16"})
+        "RLHF_GATES__NUM_PROMPTS": "16", "RLHF_GATES__SAMPLES_PER_PROMPT": "4",
+        "RLHF_GATES__MAX_NEW_TOKENS": "24", "RLHF_GATES__BATCH_SIZE": "32",
+        "RLHF_GATES__BOOTSTRAP_RESAMPLES": "1000"})
 
 
 # -- the platform ----------------------------------------------------------------------------
@@ -84,14 +91,17 @@ class Platform:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / MARKER).touch()
         ports = {name: free_port() for name in ("HTTP_PORT", "GRPC_PORT", "BROKER_PORT",
-                                                "DEPLOY_PORT", "INGEST_METRICS_PORT")}
+                                                "DEPLOY_PORT", "INGEST_METRICS_PORT",
+                                                "WORKBENCH_PORT")}
         env = {**{f"RLHF_{k}": str(v) for k, v in ports.items()},
                **self.opts.gate_env, "RLHF_HOME": str(self.home),
                "RLHF_CONFIG_DIR": str(self.opts.config_dir.resolve()),
                "RLHF_MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),
+               "RLHF_MIN_NEW_DEMONSTRATIONS": str(self.opts.demonstrations),
                "RLHF_TRAIN_EVERY_S": str(self.opts.train_every_s)}
         self.url = f"http://127.0.0.1:{ports['HTTP_PORT']}"
         self.deploy_url = f"http://127.0.0.1:{ports['DEPLOY_PORT']}"
+        self.workbench_url = f"http://127.0.0.1:{ports['WORKBENCH_PORT']}"
         self.up = Process("rlhf up", rlhf_command("up"), self.home / "up.log", env=env)
         print(f"rlhf up: starting in {self.home} (log: {self.home / 'up.log'})", flush=True)
 
@@ -179,28 +189,28 @@ def wait_for_rows(database_url: str, kind: str, n: int, timeout_s: float = 300.0
         store.close()
 
 
-def bootstrap_sft(platform: Platform, registry, admin_key: str) -> str | None:
-    """InstructGPT step 1 once per home: ``rlhf train sft``, then a forced promotion."""
-    if any(m.config.get("recipe") == "sft" for m in registry.list("policy")):
-        return None
-    out = subprocess.run(
-        rlhf_command("train", "sft", "--config", str(platform.opts.config_dir / "sft.yaml"),
-                     "--database-url", platform.database_url,
-                     "--registry", str(platform.home / "registry"), "--no-announce"),
-        capture_output=True, text=True, check=True)
-    version = json.loads(out.stdout.strip().splitlines()[-1])["version"]
-    r = httpx.post(f"{platform.deploy_url}/v1/deploy/promote", timeout=120,
-                   headers={"Authorization": f"Bearer {admin_key}"},
-                   json={"version": version, "force": True,
-                         "reason": "bootstrap: SFT on demonstrations (InstructGPT step 1)"})
-    r.raise_for_status()
-    return version
+def wait_for_sft(registry, timeout_s: float, up: Process | None = None):
+    """Until the cycle's SFT has its gate verdict and, if it passed, is live; returns its
+    manifest. SystemExit when none comes within ``timeout_s`` (or ``rlhf up`` died)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if up is not None and up.proc.poll() is not None:
+            raise SystemExit("rlhf up exited while waiting for the SFT version")
+        sfts = [m for m in registry.list("policy") if m.config.get("recipe") == "sft"]
+        if sfts and sfts[-1].gates:
+            sft = sfts[-1]
+            if sft.gates.get("status") != "passed" or registry.live_policy() == sft.version:
+                return sft
+        time.sleep(2)
+    raise SystemExit(f"no SFT version with a gate verdict after {timeout_s:.0f} s; see "
+                     "the home's logs/train.log and logs/deploy.log")
 
 
 def gated_promotions(registry) -> int:
-    """Promotions that passed the gates (the bootstrap was forced)."""
+    """PPO versions that passed the gates and went live (the SFT's promotion does not
+    count: ``--stop-after-promotions`` counts products of the ranking loop)."""
     return sum(1 for m in registry.list("policy")
-               if m.gates.get("status") == "passed" and m.version in
+               if is_ppo(m.config) and m.gates.get("status") == "passed" and m.version in
                {r.version for r in registry.history()})
 
 
@@ -237,13 +247,14 @@ def run(opts: DemoOptions) -> int:
         measure = _measurer(registry, tasks.held_out, opts, measured)
         measure(first)
 
-        # Step 1: demonstrations → SFT, the bootstrap policy.
+        # Step 1: demonstrations → the cycle's SFT → SFT gates → promotion.
         n = labelers.demonstrate((tasks.train * opts.demonstrations)[:opts.demonstrations])
         wait_for_rows(platform.database_url, "demonstration", n)
-        sft = bootstrap_sft(platform, registry, keys["admin"])
-        if sft:
-            print(f"[{(time.monotonic() - t0) / 60:4.1f} min] bootstrap: {sft} (SFT on {n} "
-                  "demonstrations) promoted", flush=True)
+        sft = wait_for_sft(registry, opts.sft_timeout_s, platform.up)
+        print(f"[{(time.monotonic() - t0) / 60:4.1f} min] SFT {sft.version} on "
+              f"{sft.row_counts.get('demonstration', n)} demonstrations: gates "
+              f"{sft.gates.get('status')} ({report.gate_summary(sft.gates)})"
+              + (", live" if registry.live_policy() == sft.version else ""), flush=True)
 
         # Steps 2-3: rankings of live samples; the platform trains, gates and promotes.
         # Labelers rank one batch of the live policy's samples per outcome of the loop (a

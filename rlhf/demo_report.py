@@ -79,7 +79,9 @@ class Row:
     version: str
     recipe: str
     state: str  # live, retired or candidate
-    gates: str
+    gates: str  # passed, failed, forced, rolled_back, … ("-" for the first policy)
+    gate_detail: str  # the deciding numbers with their confidence intervals
+    reference: str | None  # the KL reference (the lineage's SFT) the gates measured against
     live_at_s: float | None  # seconds after the demo started (0 = live before it)
     data: str
     rm_accuracy: float | None
@@ -109,9 +111,35 @@ def rm_accuracy(registry: Registry, m: Manifest) -> float | None:
 
 
 def kl_of(m: Manifest) -> float | None:
-    """KL to the reference in nats per answer: the gate's measurement, else PPO's own."""
+    """KL to the SFT (the lineage's KL reference) in nats per answer: the gate's
+    measurement, else PPO's own; None for versions that are not PPO results."""
+    if m.config.get("recipe") != "ppo":
+        return None
     gate = m.gates.get("gates", {}).get("kl")
     return gate["value"] if gate else m.metrics.get("kl_to_ref")
+
+
+def gate_summary(gates: dict) -> str:
+    """The gates' deciding numbers in a few words, intervals included, e.g.
+    ``Δr +0.41 [+0.12, +0.70], win 66% [55%, 77%]`` or ``loss 2.10 < 6.93``."""
+    results = gates.get("gates", {})
+    parts = []
+    loss = results.get("lm_loss")
+    if loss:
+        d = loss.get("detail", {})
+        parts.append(f"loss {d.get('candidate_loss', 0):.2f} vs {d.get('current_loss', 0):.2f}")
+    for name, label in (("reward_improvement", "Δr"), ("reward_not_worse", "Δr"),
+                        ("judge_reward_improvement", "judge Δr")):
+        g = results.get(name)
+        if g and g.get("lower") is not None:
+            parts.append(f"{label} {g['value']:+.2f} [{g['lower']:+.2f}, {g['upper']:+.2f}]")
+    g = results.get("win_rate")
+    if g and g.get("lower") is not None:
+        parts.append(f"win {g['value']:.0%} [{g['lower']:.0%}, {g['upper']:.0%}]")
+    failed = [n for n in gates.get("failed", []) if n not in ("lm_loss",)]
+    if failed:
+        parts.append("failed: " + ", ".join(failed))
+    return ", ".join(parts) or "-"
 
 
 def live_times(registry: Registry, started: datetime) -> dict[str, float]:
@@ -136,7 +164,11 @@ def build_rows(registry: Registry, measured: dict[str, Measurement], first: str,
         gates = gate_status(m.gates) if m.gates else "forced" if m.version in times else "-"
         rows.append(Row(
             version=m.version, recipe=m.config.get("recipe", "base"), state=state,
-            gates="-" if m.version == first else gates, live_at_s=times.get(m.version),
+            gates="-" if m.version == first else gates,
+            gate_detail=gate_summary(m.gates) if m.gates else "-",
+            reference=(m.gates.get("reference") or m.config.get("reference"))
+            if m.config.get("recipe") == "ppo" else None,
+            live_at_s=times.get(m.version),
             data=data_used(registry, m), rm_accuracy=rm_accuracy(registry, m),
             hidden_score=got.mean, win_rate=win_rate(got.scores, measured[first].scores),
             rm_score=fmean(got.rm_scores) if got.rm_scores else None, kl=kl_of(m),
@@ -153,16 +185,18 @@ def print_table(rows: list[Row], reward_version: str | None) -> None:
     from rich.table import Table
 
     table = Table(title="Policies on held-out prompts (hidden rule: count of \"good\")")
-    for name in ("version", "recipe", "state", "gates", "live at", "data used",
-                 "RM acc", "hidden score", "win vs first", f"RM score ({reward_version})",
-                 "KL"):
+    for name in ("version", "recipe", "state", "gates (90% intervals)", "live at",
+                 "data used", "RM acc", "hidden score", "win vs first",
+                 f"RM score ({reward_version})", "KL to SFT"):
         table.add_column(name)
     for r in rows:
         at = "-" if r.live_at_s is None else f"{r.live_at_s / 60:.1f} min"
-        table.add_row(r.version, r.recipe, r.state, r.gates, at, r.data,
+        gates = r.gates if r.gate_detail == "-" else f"{r.gates}: {r.gate_detail}"
+        table.add_row(r.version, r.recipe, r.state, gates, at, r.data,
                       _num(r.rm_accuracy, ".0%"), f"{r.hidden_score:.2f}",
-                      f"{r.win_rate:.0%}", _num(r.rm_score, "+.2f"), _num(r.kl, ".2f"))
-    Console(width=200).print(table)
+                      f"{r.win_rate:.0%}", _num(r.rm_score, "+.2f"),
+                      _num(r.kl, ".2f") + (f" ({r.reference})" if r.reference else ""))
+    Console(width=240).print(table)
 
 
 def plot(rows: list[Row], path: Path, budget_s: float) -> None:

@@ -48,10 +48,16 @@ class UpSettings(ProcessSettings):
     broker_port: int = Field(9092, ge=1, le=65535, description="Embedded broker port.")
     deploy_port: int = Field(8300, ge=1, le=65535, description="Deploy controller admin API port.")
     ingest_metrics_port: int = Field(9400, ge=1, le=65535, description="Ingester /metrics port.")
+    workbench_port: int = Field(8500, ge=1, le=65535,
+                                description="Labeling workbench page and API port.")
     train_every_s: float = Field(30.0, gt=0, description="Seconds between training cycles.")
     min_new_rankings: int = Field(
         _TRAIN_DEFAULTS["min_new_rankings"].default, ge=1,
         description="New rankings that make a reward model (and a PPO run) due; the same "
+                    "setting and default as `rlhf train cycle`.")
+    min_new_demonstrations: int = Field(
+        _TRAIN_DEFAULTS["min_new_demonstrations"].default, ge=1,
+        description="New labeler/admin demonstrations that make an SFT run due; the same "
                     "setting and default as `rlhf train cycle`.")
     config_dir: Path | None = Field(
         None,
@@ -69,7 +75,9 @@ class UpSettings(ProcessSettings):
                  "gRPC (--grpc-port, RLHF_GRPC_PORT)": self.grpc_port,
                  "deploy admin (--deploy-port, RLHF_DEPLOY_PORT)": self.deploy_port,
                  "ingest metrics (--metrics-port, RLHF_INGEST_METRICS_PORT)":
-                     self.ingest_metrics_port}
+                     self.ingest_metrics_port,
+                 "labeling workbench (--workbench-port, RLHF_WORKBENCH_PORT)":
+                     self.workbench_port}
         if not self.external_kafka:
             named = {"broker (--broker-port, RLHF_BROKER_PORT)": self.broker_port, **named}
         return named
@@ -156,8 +164,12 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
                          "--port", str(s.deploy_port)],
               {"RLHF_AUTO_PROMOTE": str(s.auto_promote).lower(),
                "RLHF_SESSION_TIMEOUT_MS": "6000", **gate_env(s.gates)}),
+        child("workbench", ["workbench", "--host", "127.0.0.1",
+                            "--port", str(s.workbench_port),
+                            "--serving-url", f"http://127.0.0.1:{s.http_port}"], {}),
         child("train", ["train", "cycle"],
               {"RLHF_MIN_NEW_RANKINGS": str(s.min_new_rankings),
+               "RLHF_MIN_NEW_DEMONSTRATIONS": str(s.min_new_demonstrations),
                **({"RLHF_CONFIG_DIR": str(s.config_dir.resolve())} if s.config_dir else {})},
               periodic_s=s.train_every_s),
     ]
@@ -177,6 +189,8 @@ def banner(s: UpSettings) -> str:
         f"  metrics      http://127.0.0.1:{s.http_port}/metrics, "
         f"http://127.0.0.1:{s.ingest_metrics_port}/metrics",
         f"  deploy API   http://127.0.0.1:{s.deploy_port}/v1/deploy/status",
+        f"  labeling     http://127.0.0.1:{s.workbench_port}/ (labelers), "
+        f"http://127.0.0.1:{s.workbench_port}/lead (admin key)",
         f"  Kafka        {broker}",
         f"  training     a cycle every {s.train_every_s:g} s; a reward model after "
         f"{s.min_new_rankings} new rankings; gates on {s.gates.num_prompts} prompts",

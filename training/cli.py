@@ -96,9 +96,11 @@ def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
           min_new_rankings: int | None = typer.Option(
               None, "--min-new-rankings", help="Override RLHF_MIN_NEW_RANKINGS."),
           announce: bool = AnnounceOpt) -> None:
-    """Run what is due: a reward model on new rankings, then PPO. Exit 0 when nothing is.
+    """Run what is due: SFT on new demonstrations, a reward model on new rankings, then
+    PPO. Exit 0 when nothing is.
 
-    Recipe configs come from RLHF_CONFIG_DIR (reward.yaml, ppo.yaml) or the packaged ones.
+    Recipe configs come from RLHF_CONFIG_DIR (sft.yaml, reward.yaml, ppo.yaml) or the
+    packaged ones; RLHF_MIN_NEW_DEMONSTRATIONS sets when SFT is due.
     """
     from core.registry import Registry
     from feedback.store import FeedbackStore
@@ -112,7 +114,8 @@ def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
                  min_new_rankings=min_new_rankings or settings.min_new_rankings,
                  config_dir=settings.config_dir, kafka=settings.kafka if announce else None,
                  on_step=prometheus_sink(settings.metrics_port, "ppo"),
-                 reward_init=settings.reward_init)
+                 reward_init=settings.reward_init,
+                 min_new_demonstrations=settings.min_new_demonstrations)
     if result.did_nothing:
         typer.echo("nothing due: " + "; ".join(result.reasons), err=True)
     typer.echo(json.dumps({"versions": result.versions, "reasons": result.reasons}))

@@ -38,6 +38,24 @@ class RunConfig(BaseModel):
     progress: bool = Field(True, description="Show tqdm progress bars.")
 
 
+class LoraSettings(BaseModel):
+    """LoRA adapters (peft) instead of a full fine-tune: ``lora: {r, alpha, target_modules}``.
+
+    Only the adapters train; the frozen base doubles as the KL reference (adapters
+    disabled), and after training the adapters are merged into a full checkpoint, so the
+    registry, the serving swap and the gates see an ordinary model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (the update is scaled by alpha/r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1, description="Module names (suffixes) that get adapters.")
+
+
 def deep_update(base: dict[str, Any], dotted: dict[str, Any]) -> dict[str, Any]:
     """``{"a.b": 1}`` overrides ``base["a"]["b"]``."""
     out = dict(base)

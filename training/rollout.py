@@ -22,13 +22,22 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from training.weight_sync import (
+    IpcWeightTransfer,
+    bucketize,
+    nbytes,
+    pack_bucket,
+    select_changed,
+)
+
+DEFAULT_BUCKET_MB = 256
 R = TypeVar("R")
 EXTENSION = "training.rollout.WeightSyncExtension"
 
@@ -56,8 +65,18 @@ def unpack_weights(records: Sequence[Sequence[Any]], device: torch.device | str 
     return out
 
 
+LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
 class WeightSyncExtension:
-    """Mixed into vLLM's worker class (``worker_extension_cls``); called by collective_rpc."""
+    """Mixed into vLLM's worker class (``worker_extension_cls``); called by collective_rpc.
+
+    Two ways in: ``load_packed_weights`` (the whole model in one message, vLLM's
+    ``reload_weights``) and the bucketed session ``begin_bucketed_update`` →
+    ``load_weight_bucket``… → ``end_bucketed_update``, the same layerwise in-place reload
+    fed one bucket at a time: a module is re-processed as soon as all its tensors have
+    arrived, and modules never sent keep their kernel tensors.
+    """
 
     def load_packed_weights(self, records: list) -> int:
         """Reload the model in place from packed checkpoint-format weights; returns count."""
@@ -65,6 +84,51 @@ class WeightSyncExtension:
         weights = unpack_weights(records, device)
         self.model_runner.reload_weights(weights_iterator=weights)  # type: ignore[attr-defined]
         return len(weights)
+
+    def begin_bucketed_update(self, partial: bool = False) -> None:
+        """Open a layerwise reload session; ``partial``: some modules will not be sent
+        (their "failed to load" warning is expected and silenced until the session ends)."""
+        import logging
+
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        log = logging.getLogger(LAYERWISE_LOGGER)
+        self._rlhf_log_level = log.level  # type: ignore[attr-defined]
+        if partial:
+            log.setLevel(logging.ERROR)
+        with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+            initialize_layerwise_reload(self.model_runner.get_model())  # type: ignore[attr-defined]
+
+    def load_weight_bucket(self, header: list, raw: bytes) -> int:
+        """Load one bucket (``training.weight_sync.pack_bucket``); returns tensor count."""
+        from vllm.config import set_current_vllm_config
+
+        from training.weight_sync import unpack_bucket
+
+        weights = unpack_bucket(header, raw, self.model_runner.device)  # type: ignore[attr-defined]
+        with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+            self.model_runner.get_model().load_weights(weights)  # type: ignore[attr-defined]
+        return len(weights)
+
+    def end_bucketed_update(self) -> None:
+        """Process what is left (attention layers, modules not sent) and close the session."""
+        import logging
+
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        runner = self.model_runner  # type: ignore[attr-defined]
+        try:
+            with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+                finalize_layerwise_reload(runner.get_model(),
+                                          self.vllm_config.model_config)  # type: ignore[attr-defined]
+        finally:
+            logging.getLogger(LAYERWISE_LOGGER).setLevel(
+                getattr(self, "_rlhf_log_level", logging.NOTSET))
+        for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
+            if hasattr(runner, reset):
+                getattr(runner, reset)()
 
 
 # -- trainer side ----------------------------------------------------------------------------
@@ -88,10 +152,28 @@ class RolloutEngine:
 
     def __init__(self, model: Path | str, *, max_model_len: int, seed: int = 0,
                  max_num_seqs: int = 64, kv_cache_bytes: int = 256 << 20,
-                 dtype: str = "float32", gpu_memory_utilization: float = 0.3):
+                 dtype: str = "float32", gpu_memory_utilization: float = 0.3,
+                 sync_bucket_mb: int | None = DEFAULT_BUCKET_MB,
+                 weight_transfer: str = "auto", sleep_mode: bool = False):
+        """``sync_bucket_mb``: largest bucket a sync sends (None/0 = the whole model in one
+        message, the old path, kept for comparison). ``weight_transfer``: ``rpc``
+        (collective_rpc, any platform), ``ipc`` (vLLM's CUDA IPC weight-transfer engine),
+        ``auto`` = ipc when CUDA is available. ``sleep_mode``: let ``sleep``/``wake_up``
+        free the engine's GPU memory while the trainer updates (colocated engine)."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        self.transport = resolve_transport(weight_transfer)
+        self.bucket_bytes = (sync_bucket_mb << 20) if sync_bucket_mb else None
+        extra: dict[str, Any] = {}
+        if self.transport == "ipc":
+            from vllm.config.weight_transfer import WeightTransferConfig
+
+            # IPC handles ride collective_rpc pickled; these are our own engine processes.
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+            extra["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
+        if sleep_mode:
+            extra["enable_sleep_mode"] = True
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="rollout-engine")
@@ -101,13 +183,15 @@ class RolloutEngine:
             max_num_seqs=max_num_seqs, enforce_eager=True,
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=_kv_cache_bytes(kv_cache_bytes),
-            worker_extension_cls=EXTENSION, disable_log_stats=True)
+            worker_extension_cls=EXTENSION, disable_log_stats=True, **extra)
 
         async def start() -> AsyncLLM:
             return AsyncLLM.from_engine_args(args)
 
         self._llm = self._run(start())
         self.sync_count = 0
+        self.last_sync: dict[str, float] = {}
+        self._ipc: IpcWeightTransfer | None = None
 
     def _run(self, coro: Coroutine[Any, Any, R]) -> R:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -140,18 +224,67 @@ class RolloutEngine:
                                                        strict=True)]
         return Sample(list(ids), tokens, logprobs, choice.finish_reason == "stop")
 
-    def sync_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> float:
+    def sync_weights(self, named: Iterable[tuple[str, torch.Tensor]], *,
+                     changed: Collection[str] | None = None) -> float:
         """Load the trainer's weights (checkpoint names) into the engine; returns seconds.
 
-        Called between rollouts, so no request is in flight; the prefix cache is reset
-        because its KV was computed with the old weights.
+        ``changed``: names of the tensors that moved since the last sync (None = all);
+        the others are not sent (``training.weight_sync.expand_to_modules`` first, so a
+        fused module is sent whole). Streams in buckets of ``sync_bucket_mb`` (one message
+        when that is unset). Called between rollouts, so no request is in flight; the
+        prefix cache is reset because its KV was computed with the old weights.
+        ``last_sync`` records buckets, tensors and bytes sent.
         """
         t0 = time.perf_counter()
-        records = pack_weights(named)
-        self._run(self._llm.collective_rpc("load_packed_weights", args=(records,)))
+        selected = select_changed(named, changed)
+        if self.transport == "ipc":
+            stats = self._sync_ipc(selected)
+        elif self.bucket_bytes is None:
+            stats = self._sync_one_message(selected)
+        else:
+            stats = self._sync_buckets(selected, partial=changed is not None)
         self._run(self._llm.reset_prefix_cache())
         self.sync_count += 1
-        return time.perf_counter() - t0
+        self.last_sync = {**stats, "seconds": time.perf_counter() - t0}
+        return self.last_sync["seconds"]
+
+    def _sync_one_message(self, named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
+        records = pack_weights(named)
+        size = sum(len(r[3]) for r in records)
+        self._run(self._llm.collective_rpc("load_packed_weights", args=(records,)))
+        return {"buckets": 1, "tensors": len(records), "bytes": size, "max_bucket_bytes": size}
+
+    def _sync_buckets(self, named: Iterable[tuple[str, torch.Tensor]], partial: bool
+                      ) -> dict[str, float]:
+        assert self.bucket_bytes is not None
+        buckets = tensors = total = biggest = 0
+        self._run(self._llm.collective_rpc("begin_bucketed_update", args=(partial,)))
+        try:
+            for bucket in bucketize(named, lambda p: nbytes(p[1]), self.bucket_bytes):
+                header, raw = pack_bucket(bucket)
+                self._run(self._llm.collective_rpc("load_weight_bucket", args=(header, raw)))
+                buckets, tensors = buckets + 1, tensors + len(header)
+                total, biggest = total + len(raw), max(biggest, len(raw))
+                del header, raw
+        finally:
+            self._run(self._llm.collective_rpc("end_bucketed_update"))
+        return {"buckets": buckets, "tensors": tensors, "bytes": total,
+                "max_bucket_bytes": biggest}
+
+    def _sync_ipc(self, named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
+        if self._ipc is None:
+            self._ipc = IpcWeightTransfer(self._llm, self._run,
+                                          self.bucket_bytes or DEFAULT_BUCKET_MB << 20)
+        count = self._ipc.send((n, t.cuda()) for n, t in named)
+        return {"buckets": -1, "tensors": count, "bytes": -1, "max_bucket_bytes": -1}
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the engine's GPU memory (level 1: weights to CPU, KV cache dropped) while
+        the trainer works; needs ``sleep_mode=True``. ``wake_up`` before generating."""
+        self._run(self._llm.sleep(level))
+
+    def wake_up(self) -> None:
+        self._run(self._llm.wake_up())
 
     def shutdown(self) -> None:
         """Stop the engine's tasks on our loop first (so its exit is not logged as a crash),
@@ -176,6 +309,16 @@ async def _cancel_other_tasks() -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def resolve_transport(requested: str) -> str:
+    """``auto`` → ``ipc`` on CUDA, else ``rpc``; ``ipc`` without CUDA is an error."""
+    if requested not in ("auto", "rpc", "ipc"):
+        raise ValueError(f"weight_transfer must be auto, rpc or ipc, got {requested!r}")
+    cuda = torch.cuda.is_available()
+    if requested == "ipc" and not cuda:
+        raise ValueError("weight_transfer=ipc needs CUDA; use rpc")
+    return ("ipc" if cuda else "rpc") if requested == "auto" else requested
 
 
 def _kv_cache_bytes(requested: int) -> int | None:

@@ -26,6 +26,11 @@ class TrainSettings(ProcessSettings):
         None, description="Directory of recipe YAML files overriding the packaged ones.")
     min_new_rankings: int = Field(
         50, ge=1, description="`train cycle` retrains the reward model after this many.")
+    min_new_demonstrations: int = Field(
+        100, ge=1, description="`train cycle` trains a new SFT version once this many "
+                               "demonstrations that may train (labeler/admin, unless the SFT "
+                               "config's train_on_user_feedback) arrived after the newest "
+                               "SFT version's data mark.")
     reward_init: Literal["sft", "parent"] = Field(
         "sft", description="`train cycle` starts the reward model from the SFT version of the "
                            "live policy's lineage (InstructGPT) or from the live policy.")

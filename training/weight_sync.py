@@ -88,7 +88,7 @@ def pack_bucket(named: Sequence[tuple[str, torch.Tensor]]
     header, parts, offset = [], [], 0
     for name, t in named:
         t = t.detach().to("cpu").contiguous()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         header.append((name, str(t.dtype).removeprefix("torch."), list(t.shape), offset,
                        len(raw)))
         parts.append(raw)

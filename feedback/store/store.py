@@ -72,6 +72,7 @@ class DemonstrationRow:
     seq: int
     prompt: str
     response: str
+    source: str = "labeler"  # who submitted it: user, labeler or admin
 
 
 Origin = tuple[int, int]
@@ -389,9 +390,10 @@ class FeedbackStore:
                        ) -> list[DemonstrationRow]:
         """Demonstrations with seq in (since, until], in seq order."""
         with self._sessions() as s:
-            rows = s.scalars(_window(select(DemonstrationTable), since, until,
-                                     DemonstrationTable.seq)).all()
-            return [DemonstrationRow(r.seq, r.prompt, r.response) for r in rows]
+            q = select(DemonstrationTable, FeedbackTable.source).join(
+                FeedbackTable, FeedbackTable.seq == DemonstrationTable.seq)
+            rows = s.execute(_window(q, since, until, DemonstrationTable.seq)).all()
+            return [DemonstrationRow(r.seq, r.prompt, r.response, src) for r, src in rows]
 
     def recent_prompts(self, limit: int = 1000) -> list[str]:
         """Distinct prompts of recent traffic, newest first (PPO's prompt distribution)."""

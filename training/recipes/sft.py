@@ -5,6 +5,12 @@ similar length (``LengthGroupedSampler``) so padding is not most of the compute.
 learning rate decays on a cosine to 10 % of its peak with no warm-up, as in the paper.
 The result is a new policy version in the registry, announced as a candidate.
 
+Data: only labeler and admin demonstrations train, unless ``train_on_user_feedback``.
+The held-out demonstrations are a fixed slice of prompts picked by a hash of their
+normalised text (``eval_fraction``, :func:`split_demonstrations`): the same prompts for
+every SFT version, so no SFT trains on a later one's held-out prompts and the SFT gates
+(``deploy.gates.evaluate_sft``) can compare two SFT versions' LM loss on them fairly.
+
 Run: ``rlhf train sft --config training/configs/sft.yaml`` (or ``accelerate launch -m
 training.cli sft …`` for several processes).
 """
@@ -29,7 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
 from training.config import RunConfig
-from training.datasets import TrainingDataError, sft_example, split_by_prompt
+from training.datasets import TrainingDataError, in_slice, sft_example, split_by_prompt
 from training.metrics import MetricsLog
 from training.runs import (
     cosine_optimizer,
@@ -49,6 +55,37 @@ class SFTConfig(RunConfig):
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (paper: 9.65e-6 at 1.3B).")
     epochs: int = Field(2, ge=1, description="Passes over the demonstrations (paper: 16).")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to this × lr.")
+    train_on_user_feedback: bool = Field(
+        False, description="Train on demonstrations from `user` keys too; by default only "
+                           "labeler and admin demonstrations train.")
+
+
+SFT_EVAL_SALT = "sft-eval"
+"""Salt of the held-out demonstration slice (no SFT trains on it; the SFT gates use it)."""
+
+TRAINING_SOURCES = ("labeler", "admin")
+"""Demonstration sources that train by default; ``user`` ones only when enabled."""
+
+
+def trainable(demos: list, train_on_user_feedback: bool) -> list:
+    """The demonstrations SFT may learn from (and be judged on): labeler/admin ones, and
+    user ones too when ``train_on_user_feedback``."""
+    return [d for d in demos
+            if train_on_user_feedback or getattr(d, "source", "labeler") in TRAINING_SOURCES]
+
+
+def split_demonstrations(demos: list, eval_fraction: float, seed: int = 0
+                         ) -> tuple[list, list]:
+    """(train, held out): held out = prompts in the ``eval_fraction`` hash slice.
+
+    The slice does not depend on the data, so it is stable as demonstrations arrive. When
+    it is empty or holds every prompt (a handful of prompts), the seeded split by prompt
+    is used instead (``training.datasets.split_by_prompt``).
+    """
+    held = [d for d in demos if in_slice(d.prompt, eval_fraction, SFT_EVAL_SALT)]
+    if eval_fraction > 0 and (not held or len(held) == len(demos)):
+        return split_by_prompt(demos, lambda d: d.prompt, eval_fraction, seed)
+    return [d for d in demos if not in_slice(d.prompt, eval_fraction, SFT_EVAL_SALT)], held
 
 
 @torch.no_grad()
@@ -73,16 +110,18 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
 
     # 1. Snapshot the store: everything below reads up to this high-water mark.
     snap = snapshot(store)
-    demos = store.demonstrations(until=snap.data_mark)
+    stored = store.demonstrations(until=snap.data_mark)
+    demos = trainable(stored, cfg.train_on_user_feedback)
     if not demos:
-        raise TrainingDataError("no demonstrations in the feedback store up to mark "
-                                f"{snap.data_mark}; submit some (kind=demonstration) first")
+        raise TrainingDataError(
+            f"no demonstrations that may train in the feedback store up to mark "
+            f"{snap.data_mark} ({len(stored)} stored; user ones train only with "
+            "train_on_user_feedback); submit some (kind=demonstration) first")
 
     # 2. Split by prompt and tokenise; the loss sees response tokens only.
     base_path, parent = resolve_base(registry, cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    train_rows, eval_rows = split_by_prompt(demos, lambda d: d.prompt, cfg.eval_fraction,
-                                            cfg.seed)
+    train_rows, eval_rows = split_demonstrations(demos, cfg.eval_fraction, cfg.seed)
     train_set = [sft_example(tokenizer, d.prompt, d.response, cfg.max_len) for d in train_rows]
     eval_set = [sft_example(tokenizer, d.prompt, d.response, cfg.max_len) for d in eval_rows]
 

@@ -41,11 +41,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
 
 def free_up_ports() -> dict[str, str]:
     return {f"RLHF_{name}": str(free_port()) for name in (
-        "HTTP_PORT", "GRPC_PORT", "BROKER_PORT", "DEPLOY_PORT", "INGEST_METRICS_PORT")}
+        "HTTP_PORT", "GRPC_PORT", "BROKER_PORT", "DEPLOY_PORT", "INGEST_METRICS_PORT",
+        "WORKBENCH_PORT")}
 
 
 @pytest.mark.parametrize("flag", ["--port", "--grpc-port", "--broker-port", "--deploy-port",
-                                  "--metrics-port"])
+                                  "--metrics-port", "--workbench-port"])
 def test_rlhf_up_on_a_taken_port_exits_at_once_naming_it(tmp_path, listener, flag):
     home = tmp_path / "home"
     run, took = run_cli("up", "--home", str(home), flag, str(listener), env=free_up_ports())
