@@ -1,7 +1,7 @@
 """Hot-swap of the served policy: swap time, and request latency during swaps vs steady state.
 
     python benchmarks/swap.py [--swaps 10] [--concurrency 8] [--steady-requests 200]
-                              [--output-tokens 64] [--paths admin,kafka]
+                              [--output-tokens 64] [--paths admin,kafka,fleet]
 
 The tiny model twice (seeds 0 and 1) in a fresh registry as ``policy-0000`` (live) and
 ``policy-0001``; ``rlhf serve`` starts without ``--model`` and serves the live version.
@@ -459,9 +459,11 @@ def print_tables(results: list[PathResult], args: argparse.Namespace, console: C
         lat.add_column(col, justify="left" if col in ("path", "window") else "right")
     for r in results:
         lat.add_row(*latency_row(r.name, "steady state", r.steady, r.steady))
-        lat.add_row(*latency_row(r.name, f"swap window ({len(r.swaps)} swaps)", r.during,
+        what = "rollout" if r.name == "fleet" else "swap"
+        lat.add_row(*latency_row(r.name, f"{what} window ({len(r.swaps)} {what}s)", r.during,
                                  r.steady))
-        lat.add_row(*latency_row(r.name, "in flight during a swap", r.in_flight(), r.steady),
+        lat.add_row(*latency_row(r.name, f"in flight during a {what}", r.in_flight(),
+                                 r.steady),
                     style="red" if any(q.error for q in r.during) else "")
     console.print(lat)
 

@@ -204,11 +204,16 @@ def demo(home: Path = typer.Option(Path("rlhf-demo"), help="State directory; a f
 
 @model_app.command("tiny")
 def model_tiny(out: Path = typer.Option(..., help="Directory to write the checkpoint to."),
-               seed: int = typer.Option(0, help="Weights seed.")) -> None:
+               seed: int = typer.Option(0, help="Weights seed."),
+               size: str = typer.Option("tiny", help="tiny (0.85M params), 10m, 50m or 120m: "
+                                                     "random-init Llama shapes, same tokenizer "
+                                                     "(scaling benchmarks).")) -> None:
     """Build the deterministic tiny Llama checkpoint used by tests and the local loop."""
-    from training.tiny_model import build_tiny_model
+    from training.tiny_model import SIZES, build_sized_model
 
-    typer.echo(build_tiny_model(out, seed=seed))
+    if size not in SIZES:
+        raise typer.BadParameter(f"size must be one of {', '.join(SIZES)}", param_hint="--size")
+    typer.echo(build_sized_model(out, size, seed=seed))
 
 
 if __name__ == "__main__":

@@ -80,16 +80,16 @@ class Row:
     recipe: str
     state: str  # live, retired or candidate
     gates: str  # passed, failed, forced, rolled_back, … ("-" for the first policy)
-    gate_detail: str  # the deciding numbers with their confidence intervals
-    reference: str | None  # the KL reference (the lineage's SFT) the gates measured against
     live_at_s: float | None  # seconds after the demo started (0 = live before it)
     data: str
     rm_accuracy: float | None
     hidden_score: float
     win_rate: float
     rm_score: float | None
-    kl: float | None
+    kl: float | None  # KL to the SFT (the lineage's KL reference), nats per answer
     sample: str
+    gate_detail: str = "-"  # the gates' deciding numbers with their confidence intervals
+    reference: str | None = None  # the KL reference (the lineage's SFT) of a PPO version
 
 
 def data_used(registry: Registry, m: Manifest) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ def wrap(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def _lora_modules(peft_model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def _lora_modules(peft_model: nn.Module) -> Iterator[tuple[str, Any]]:
     from peft.tuners.lora import LoraLayer
 
     for name, module in peft_model.named_modules():
@@ -45,6 +46,12 @@ def _lora_modules(peft_model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 def changed_names(peft_model: nn.Module) -> set[str]:
     """Checkpoint names of the weights an adapter update moves (the LoRA-wrapped ones)."""
     return {f"{name}.weight" for name, _ in _lora_modules(peft_model)}
+
+
+def checkpoint_names(peft_model: nn.Module) -> list[str]:
+    """The base model's state-dict names, in ``export_merged`` order."""
+    return [name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
+            for name in peft_model.state_dict() if "lora_" not in name]
 
 
 @torch.no_grad()
@@ -87,6 +94,8 @@ class AdaptersDisabled(nn.Module):
     kept out of ``parameters()`` so optimisers and ``.to`` never see it twice).
     """
 
+    _peft: Any
+
     def __init__(self, peft_model: nn.Module):
         super().__init__()
         self.__dict__["_peft"] = peft_model  # not a registered submodule
@@ -96,6 +105,6 @@ class AdaptersDisabled(nn.Module):
         return self._peft.config
 
     def forward(self, *args, **kwargs):
-        ctx: AbstractContextManager = self._peft.disable_adapter()  # type: ignore[operator]
+        ctx: AbstractContextManager = self._peft.disable_adapter()
         with ctx:
             return self._peft(*args, **kwargs)

@@ -57,9 +57,11 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 2,
     max_positions: int = 1024,
+    intermediate_size: int | None = None,
 ) -> Path:
     """Write tokenizer, config and safetensors weights of a tiny Llama to ``out``.
 
+    ``intermediate_size`` defaults to ``2 × hidden_size``.
     ``hidden_size / num_heads`` is 64, a head size every vLLM attention backend
     (CPU included) supports.
     """
@@ -72,7 +74,7 @@ def build_tiny_model(
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
@@ -93,3 +95,20 @@ def build_tiny_model(
     ).save_pretrained(out)
     (out / "rlhf_tiny.json").write_text(json.dumps({"seed": seed, "vocab_size": len(tokenizer)}))
     return out
+
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {},  # 0.85M parameters: tests and the local loop
+    "10m": {"hidden_size": 384, "num_layers": 5, "num_heads": 6, "intermediate_size": 1024},
+    "50m": {"hidden_size": 640, "num_layers": 9, "num_heads": 10, "intermediate_size": 1792},
+    "120m": {"hidden_size": 768, "num_layers": 16, "num_heads": 12, "intermediate_size": 2048},
+}
+"""Random-init Llama shapes for scaling measurements (head size 64, the same tokenizer);
+the name is the rounded parameter count. Random weights: for timing and memory only."""
+
+
+def build_sized_model(out: Path, size: str = "tiny", *, seed: int = 0) -> Path:
+    """``build_tiny_model`` with the shape ``SIZES[size]``."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    return build_tiny_model(out, seed=seed, **SIZES[size])

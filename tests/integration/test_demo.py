@@ -2,8 +2,9 @@
 
 The real CLI starts `rlhf up` (broker, server, ingester, deploy controller, periodic
 training cycles) in a fresh home; simulated labelers demonstrate and rank through the
-public API; the demo bootstraps SFT, the platform trains a reward model and a PPO
-candidate, the controller gates and promotes it, the servers swap to it. The test stops
+public API; the platform's cycle trains SFT on the demonstrations, the controller runs
+the SFT gates and promotes it, the cycle trains a reward model and a PPO candidate from
+the SFT (KL-anchored to it), the controller gates and promotes it, the servers swap. The test stops
 after that first gated promotion and checks the table, the PNG, the JSON summary and that
 the exit code agrees with the verdict.
 """
@@ -43,13 +44,16 @@ def test_demo_completes_one_cycle_and_reports(tmp_path, small_configs):
     summary = json.loads((out / "demo.json").read_text())
     versions = {v["version"]: v for v in summary["versions"]}
 
-    # One full cycle: base → SFT (forced bootstrap) → PPO candidate that passed the gates.
+    # One full cycle: base → SFT (the cycle's, through its gates) → PPO that passed its.
     assert versions["policy-0000"]["recipe"] == "base"
     sft = next(v for v in versions.values() if v["recipe"] == "sft")
-    assert sft["gates"] == "forced" and sft["live_at_s"] is not None
+    assert sft["gates"] == "passed" and sft["live_at_s"] is not None
+    assert sft["gate_detail"].startswith("loss ")  # held-out LM loss vs the base's
     ppo = [v for v in versions.values() if v["recipe"] == "ppo" and v["gates"] == "passed"]
     assert ppo and ppo[0]["live_at_s"] is not None
     assert ppo[0]["rm_accuracy"] is not None and ppo[0]["kl"] is not None
+    assert ppo[0]["reference"] == sft["version"]  # KL to the SFT, not to the parent
+    assert "Δr " in ppo[0]["gate_detail"] and "[" in ppo[0]["gate_detail"]
     # …and the server swapped to it.
     assert f"Now serving {ppo[0]['version']}" in (home / "logs" / "serve.log").read_text()
 

@@ -45,6 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_constant_sched
 
 from core.registry import Manifest, Registry, RegistryError
 from core.settings import KafkaSettings
+from training import lora
 from training.advantages import (
     AdaptiveKLController,
     FixedKLController,
@@ -53,7 +54,7 @@ from training.advantages import (
     kl_penalized_rewards,
     whiten,
 )
-from training.config import RunConfig
+from training.config import LoraSettings, RunConfig
 from training.datasets import (
     TrainingDataError,
     is_gate_prompt,
@@ -82,6 +83,7 @@ from training.runs import (
     snapshot,
 )
 from training.tiny_model import CORPUS
+from training.weight_sync import expand_to_modules
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 
@@ -148,6 +150,24 @@ class PPOConfig(RunConfig):
     kv_cache_mib: int = Field(256, ge=16, description="vLLM KV cache on CPUs (MiB).")
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU share the rollout engine may take.")
+    sync_bucket_mb: int = Field(
+        256, ge=0, description="Largest bucket (MiB) of one weight-sync message into the "
+                               "engine; 0 = the whole model in one message (small models).")
+    weight_transfer: Literal["auto", "rpc", "ipc"] = Field(
+        "auto", description="Weight sync transport: `rpc` = collective_rpc (any platform), "
+                            "`ipc` = vLLM's CUDA IPC weight-transfer engine, `auto` = ipc "
+                            "when CUDA is available.")
+    sleep_mode: bool = Field(
+        False, description="Colocated GPU engine: sleep (level 1, weights to host, KV freed) "
+                           "while the trainer scores and updates; wake before the sync.")
+    lora: LoraSettings | None = Field(
+        None, description="Train LoRA adapters instead of the full policy; the reference is "
+                          "the base with adapters disabled when it is the parent; merged "
+                          "into a full checkpoint at the end. None = full fine-tune.")
+    value_backbone: Literal["own", "shared"] = Field(
+        "own", description="`own`: the value model is a trainable copy of the reward model; "
+                           "`shared`: a trainable value head on the reward model's frozen "
+                           "backbone (no second backbone, no optimiser state for it).")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -382,18 +402,23 @@ class EMA:
     """Exponential moving average of a model's parameters: θ̄ ← d·θ̄ + (1 − d)·θ."""
 
     def __init__(self, model: nn.Module, decay: float):
+        """Shadows the trainable parameters only (frozen ones equal their average; with
+        LoRA that is the adapters, not the base)."""
         self.decay = decay
-        self.shadow = {k: p.detach().clone().float() for k, p in model.named_parameters()}
+        self.shadow = {k: p.detach().clone().float() for k, p in model.named_parameters()
+                       if p.requires_grad}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for k, p in model.named_parameters():
-            self.shadow[k].lerp_(p.detach().float(), 1.0 - self.decay)
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach().float(), 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         for k, p in model.named_parameters():
-            p.copy_(self.shadow[k].to(p.dtype))
+            if k in self.shadow:
+                p.copy_(self.shadow[k].to(p.dtype))
 
 
 # -- one PPO iteration -----------------------------------------------------------------------
@@ -589,13 +614,35 @@ def make_engine(path: Path, cfg: PPOConfig, accelerator: Accelerator) -> Rollout
     return RolloutEngine(path, max_model_len=cfg.max_len, seed=cfg.seed,
                          max_num_seqs=max(cfg.batch_size, cfg.eval_max_prompts),
                          kv_cache_bytes=cfg.kv_cache_mib << 20,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization)
+                         gpu_memory_utilization=cfg.gpu_memory_utilization,
+                         sync_bucket_mb=cfg.sync_bucket_mb or None,
+                         weight_transfer=cfg.weight_transfer, sleep_mode=cfg.sleep_mode)
 
 
-def sync_engine(engine: RolloutEngine | None, policy, accelerator: Accelerator) -> float:
-    """Push the policy's current weights into the engine; seconds (0 off the main process)."""
+def sync_engine(engine: RolloutEngine | None, policy, accelerator: Accelerator,
+                cfg: PPOConfig) -> float:
+    """Push the policy's current weights into the engine; seconds (0 off the main process).
+
+    Full fine-tune: every tensor (bucketed). LoRA: only the engine modules the adapters
+    touch, merged (W + ΔW); the frozen rest is already in the engine.
+    """
+    if cfg.lora is not None:
+        if engine is None:
+            return 0.0
+        model = accelerator.unwrap_model(policy)
+        changed = expand_to_modules(lora.changed_names(model), lora.checkpoint_names(model))
+        return engine.sync_weights(lora.export_merged(model), changed=changed)
     state = accelerator.get_state_dict(policy)  # a collective under FSDP: every rank calls it
     return engine.sync_weights(state.items()) if engine is not None else 0.0
+
+
+def shared_value_model(reward_model: RewardModel) -> ValueModel:
+    """A value model on the reward model's frozen backbone (the same module, no copy) with
+    a trainable copy of its head and bias: ``value_backbone: shared``."""
+    rm = RewardModel(reward_model.backbone, bias=reward_model.bias.item())
+    rm.head.load_state_dict(reward_model.head.state_dict())
+    rm.head.requires_grad_(True)
+    return ValueModel(rm)
 
 
 def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | None = None,
@@ -631,20 +678,35 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
 
     # 2. Models: the policy (trained), the frozen reference (the lineage's SFT version),
     #    the frozen reward model, and the value model; one optimiser, constant LR.
+    #    With LoRA the policy is the parent plus adapters and, when the reference is the
+    #    parent itself, the reference is that same module with its adapters disabled.
+    if cfg.lora is not None and cfg.fsdp:
+        raise ValueError("lora with fsdp is not supported; set one of them")
     policy = AutoModelForCausalLM.from_pretrained(parent_path, dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32
-                                               ).to(device).eval().requires_grad_(False)
-    if ref.config.vocab_size != policy.config.vocab_size:
-        raise ValueError(f"reference {reference} and {parent} do not share a vocabulary")
+    shared_ref = cfg.lora is not None and Path(ref_path).resolve() == Path(parent_path).resolve()
+    if cfg.lora is not None:
+        policy = lora.wrap(policy, cfg.lora)
+    ref = None
+    if not shared_ref:
+        ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32
+                                                   ).to(device).eval().requires_grad_(False)
+        if ref.config.vocab_size != policy.config.vocab_size:
+            raise ValueError(f"reference {reference} and {parent} do not share a vocabulary")
     reward_model = RewardModel.from_pretrained(registry.path(rm_version)
                                                ).to(device).eval().requires_grad_(False)
     if reward_model.backbone.config.vocab_size != policy.config.vocab_size:
         raise ValueError(f"{rm_version} and {parent} do not share a vocabulary")
     value_path, value_init = value_start(registry, parent, rm_version, cfg.value_warm_start)
-    value_model = ValueModel(RewardModel.from_pretrained(value_path))
+    if cfg.value_backbone == "shared":
+        value_model, value_init = shared_value_model(reward_model), rm_version
+    else:
+        value_model = ValueModel(RewardModel.from_pretrained(value_path))
+    trainable, total = (sum(c) for c in zip(lora.trainable_count(policy),
+                                            lora.trainable_count(value_model), strict=True))
     optimizer = torch.optim.AdamW([
-        {"params": policy.parameters(), "lr": cfg.lr},
-        {"params": value_model.parameters(), "lr": cfg.value_lr or cfg.lr}],
+        {"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr},
+        {"params": [p for p in value_model.parameters() if p.requires_grad],
+         "lr": cfg.value_lr or cfg.lr}],
         weight_decay=cfg.weight_decay)
     # accelerate steps a prepared scheduler once per process per call (split_batches=False),
     # so its warm-up is counted in process-steps.
@@ -652,6 +714,8 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         optimizer, cfg.warmup_steps * accelerator.num_processes)
     policy, value_model, optimizer, scheduler = accelerator.prepare(
         policy, value_model, optimizer, scheduler)
+    if ref is None:
+        ref = lora.AdaptersDisabled(accelerator.unwrap_model(policy))
     ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay else None
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
               if cfg.kl_target else FixedKLController(cfg.kl_coef))
@@ -686,6 +750,8 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         clock = [time.perf_counter()]
         # 4a. Generate the trajectories on vLLM.
         samples, tokens_per_s = rollout(engine, accelerator, prompt_ids, cfg, step)
+        if engine is not None and cfg.sleep_mode:
+            engine.sleep(1)  # free its GPU memory for scoring and the update
         clock.append(time.perf_counter())
         # 4b. Score them: reward at the last token − β per-token KL; GAE advantages.
         policy.eval()
@@ -700,11 +766,16 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
             ema.update(accelerator.unwrap_model(policy))
         clock.append(time.perf_counter())
         # 4d. Load the new weights into the running engine, in place.
-        sync_s.append(sync_engine(engine, policy, accelerator))
+        if engine is not None and cfg.sleep_mode:
+            engine.wake_up()
+        sync_s.append(sync_engine(engine, policy, accelerator, cfg))
         stats = rollout_stats(batch, accelerator)
         record = {**stats, **losses, "kl_coef": kl_ctl.value, "rollout_tokens_per_s":
-                  tokens_per_s, "weight_sync_s": sync_s[-1], "rollout_s": clock[1] - clock[0],
-                  "score_s": clock[2] - clock[1], "update_s": clock[3] - clock[2]}
+                  tokens_per_s, "weight_sync_s": sync_s[-1],
+                  "weight_sync_mb": (engine.last_sync.get("bytes", 0) / 2**20
+                                     if engine is not None else 0.0),
+                  "rollout_s": clock[1] - clock[0], "score_s": clock[2] - clock[1],
+                  "update_s": clock[3] - clock[2]}
         kl_ctl.update(stats["kl_to_ref"], cfg.batch_size)
         metrics.log(step, "train", **record)
         if on_step is not None and accelerator.is_main_process:
@@ -719,13 +790,15 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
     # 5. The published weights: the EMA if configured; evaluate them on held-out prompts.
     if ema is not None:
         ema.copy_to(accelerator.unwrap_model(policy))
-        sync_engine(engine, policy, accelerator)
+        sync_engine(engine, policy, accelerator, cfg)
     run_eval(steps, "candidate")
     if engine is not None:
         engine.shutdown()
 
     # 6. Save the policy with its tokenizer, register it and announce the candidate.
-    if not save_model(accelerator, policy, staging):
+    #    LoRA: the adapters are folded in, so the version is an ordinary full checkpoint.
+    saved = lora.merge(accelerator.unwrap_model(policy)) if cfg.lora is not None else policy
+    if not save_model(accelerator, saved, staging):
         return shared_result(accelerator, registry, None, "policy", staging)
     tokenizer.save_pretrained(staging)
     if not cfg.fsdp:
@@ -734,7 +807,8 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
     final = final_metrics(metrics, sync_s, steps=steps, reward_model=rm_version,
                           prompt_source=prompt_source, ptx_source=ptx_source,
                           prompt_mark=prompt_mark, value_init=value_init,
-                          train_prompts=len(train_prompts), eval_prompts=len(eval_prompts))
+                          train_prompts=len(train_prompts), eval_prompts=len(eval_prompts),
+                          trainable_params=trainable, total_params=total)
     manifest = publish(
         registry, "policy", staging, parent=parent, snap=snap,
         config={"recipe": "ppo", **cfg.model_dump(mode="json"), "reward_model": rm_version,

@@ -29,7 +29,8 @@ from transformers import AutoTokenizer
 from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
 from feedback.store.store import PreferenceGroup
-from training.config import RunConfig
+from training import lora
+from training.config import LoraSettings, RunConfig
 from training.datasets import (
     GOLD_SALT,
     JUDGE_SALT,
@@ -73,6 +74,9 @@ class RewardConfig(RunConfig):
     judge_share: float = Field(
         0.0, ge=0, lt=1, description="Share of ranked prompts (hash) reserved for the judge "
                                      "RM; 0 = no judge slice (optimised RMs use all).")
+    lora: LoraSettings | None = Field(
+        None, description="Train LoRA adapters on the backbone (and the full head) instead "
+                          "of the whole RM; merged into a full checkpoint when saved.")
     train_on_user_feedback: bool = Field(
         False, description="Train on rankings/comparisons from `user` keys too; by default "
                            "only labeler and admin feedback trains, user feedback is kept "
@@ -199,6 +203,10 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
 
     # 3. The base policy's transformer plus a scalar head; optimiser and schedule.
     model = RewardModel.from_causal_lm(base_path)
+    if cfg.lora is not None:
+        if cfg.fsdp:
+            raise ValueError("lora with fsdp is not supported; set one of them")
+        model.backbone = lora.wrap(model.backbone, cfg.lora)
     optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_groups),
                                                    cfg.groups_per_batch,
                                                    accelerator.num_processes)
@@ -244,6 +252,8 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
 
     # 5. Normalise: the bias makes demonstrations (else policy samples) average 0.
     rm = accelerator.unwrap_model(model)
+    if cfg.lora is not None:  # fold the adapters in: the version is an ordinary RM
+        rm.backbone = lora.merge(rm.backbone)
     samples, source = bias_samples(store, snap, cfg.bias_max_samples, cfg.seed)
     rm.bias.zero_()
     bias = rm.set_bias_from(torch.tensor(score_pairs(rm, tokenizer, samples, cfg.max_len)),

@@ -167,7 +167,7 @@ def test_failed_swap_keeps_serving_the_previous_version(stack, version, why):
     r = _swap(server, version)
     assert r.status_code == 409
     assert why in r.json()["error"]["message"]
-    assert r.json()["policy_version"] == before[1]
+    assert r.json()["error"]["replica"]["policy_version"] == before[1]
     assert _greedy(server) == before
     assert httpx.get(server.url + "/ready").status_code == 200
     assert _failed_swaps(server) == failed + 1

@@ -1,4 +1,5 @@
-"""``rlhf train cycle`` on a real SQLite store and registry: nothing due, due, idempotent."""
+"""``rlhf train cycle`` on a real SQLite store and registry: nothing due, due, idempotent;
+SFT on new demonstrations, judged by the SFT gates before PPO may start from it."""
 
 import json
 import shutil
@@ -10,16 +11,17 @@ from typer.testing import CliRunner
 from tests.fixtures.kafka import read_topic
 from training.cli import train_app
 from training.config import DEMO_CONFIG_DIR
-from training.cycle import LOCK_FILE, cycle_lock, ppo_due, reward_due
+from training.cycle import LOCK_FILE, cycle_lock, cycle_parent, ppo_due, reward_due
 
-FAST = {"reward": {"lr": 1e-3, "max_len": 64, "max_steps": 4, "progress": False},
+FAST = {"sft": {"epochs": 2, "progress": False},
+        "reward": {"lr": 1e-3, "max_len": 64, "max_steps": 4, "progress": False},
         "ppo": {"max_steps": 2, "batch_size": 8, "minibatch_size": 8, "max_len": 96,
                 "max_new_tokens": 16, "eval_max_prompts": 8, "progress": False}}
 
 
-def run_cycle(tmp_path, registry, *extra: str, config_dir=None, kafka=None):
+def run_cycle(tmp_path, registry, *extra: str, config_dir=None, kafka=None, env=None):
     db = f"sqlite:///{tmp_path / 'feedback.db'}"
-    env = {"RLHF_CONFIG_DIR": str(config_dir)} if config_dir else {}
+    env = {**({"RLHF_CONFIG_DIR": str(config_dir)} if config_dir else {}), **(env or {})}
     if kafka is not None:
         env["RLHF_KAFKA__BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
     announce = "--announce" if kafka is not None else "--no-announce"
@@ -43,8 +45,10 @@ def test_nothing_due_on_an_empty_store_exits_zero_and_says_why(empty_store, regi
                                                                tmp_path):
     out = run_cycle(tmp_path, registry)
     assert out["versions"] == []
-    assert out["reasons"] == ["reward: only 0 new rankings/comparisons since data mark 0, "
-                              "50 needed", "ppo: no reward model in the registry yet"]
+    assert out["reasons"] == [
+        "sft: only 0 new labeler/admin demonstrations since data mark 0, 100 needed",
+        "reward: only 0 new rankings/comparisons since data mark 0, 50 needed",
+        "ppo: no reward model in the registry yet"]
     assert [v.version for v in registry.list()] == ["policy-0000"]
 
 
@@ -112,3 +116,34 @@ def test_due_cycle_trains_reward_then_ppo_and_the_rerun_does_nothing(store, regi
     assert [v.version for v in registry.list()] == ["policy-0000", "policy-0001", "reward-0001"]
     assert not list((registry.root / ".tmp").iterdir())  # no half-written version left
     shutil.rmtree(config_dir)
+
+
+@pytest.mark.engine
+def test_sft_on_new_demonstrations_passes_its_gates_and_becomes_the_ppo_parent(
+        store, registry, tmp_path):
+    from deploy.gates import evaluate_and_record
+    from deploy.settings import GateSettings
+
+    config_dir = fast_configs(tmp_path)
+    env = {"RLHF_MIN_NEW_DEMONSTRATIONS": "20"}  # the store holds 24 labeler demonstrations
+    out = run_cycle(tmp_path, registry, "--min-new-rankings", "1000", config_dir=config_dir,
+                    env=env)
+    assert out["versions"] == ["policy-0001"]
+    assert out["reasons"][0].startswith("sft: 24 new labeler/admin demonstrations")
+    sft = registry.get("policy-0001")
+    assert sft.config["recipe"] == "sft" and sft.parent == "policy-0000"
+
+    # The SFT gates (what the deploy controller runs on the candidate): no reward model
+    # yet, so held-out LM loss must beat the pretrained base's.
+    report = evaluate_and_record(registry, "policy-0001",
+                                 GateSettings(num_prompts=4, samples_per_prompt=2), store)
+    lm = report.gates["lm_loss"]
+    assert report.against == "policy-0000" and "reward_not_worse" not in report.gates
+    assert lm.detail["candidate_loss"] < lm.detail["current_loss"] and report.status == "passed"
+    assert registry.get("policy-0001").gates["gates"]["lm_loss"]["passed"]
+    assert cycle_parent(registry) == "policy-0001"  # PPO starts from it, the base stays live
+
+    again = run_cycle(tmp_path, registry, "--min-new-rankings", "1000", config_dir=config_dir,
+                      env=env)
+    assert again["versions"] == []
+    assert again["reasons"][0].startswith("sft: only 0 new")
