@@ -7,10 +7,12 @@ through vLLM's in-place reload (``collective_rpc`` → worker → ``reload_weigh
 ``model.load_weights``); the engine is never restarted and nothing is written to disk.
 
 vLLM's RPC encoder does not round-trip tensors passed as plain arguments, so the weights
-travel as ``(name, dtype, shape, bytes)`` records and ``WeightSyncExtension``, mixed into
-vLLM's worker through ``worker_extension_cls``, turns them back into tensors on the
-worker's device. On GPUs the same entry point can be swapped for vLLM's NCCL weight
-transfer engine; the recipe only sees ``RolloutEngine.sync_weights``.
+travel as packed buffers and ``WeightSyncExtension``, mixed into vLLM's worker through
+``worker_extension_cls``, turns them back into tensors on the worker's device. They
+travel in buckets of at most ``sync_bucket_mb`` (``training.weight_sync``), so neither
+side holds a second copy of the model, and a sync can skip the modules that did not
+change (frozen weights, LoRA). On CUDA the transport is vLLM's own weight-transfer API
+(CUDA IPC, packed); the recipe only sees ``RolloutEngine.sync_weights``.
 
 Run with the ``if __name__ == "__main__":`` guard: the engine spawns processes.
 """

@@ -2,7 +2,6 @@
 with a failing /health when the engine process dies."""
 
 import signal
-import time
 
 import httpx
 import psutil
@@ -10,6 +9,7 @@ import pytest
 
 from rlhf.procs import Process, free_port, rlhf_command
 from tests.fixtures.server import RemoteServer
+from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -24,15 +24,16 @@ def test_requests_while_loading_are_503_not_errors(tiny_model, tmp_path):
     seen: list[int] = []
     with Process("rlhf serve", cmd, tmp_path / "server.log",
                  env={"RLHF_PUBLISH_EVENTS": "false"}) as server:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and 200 not in seen:
+        def answered_200() -> bool:
             assert server.proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
             try:
                 seen.append(httpx.post(url + "/v1/completions", json=body, timeout=30)
                             .status_code)
             except httpx.TransportError:
                 pass  # not listening yet
-            time.sleep(0.2)
+            return 200 in seen
+
+        wait_for(answered_200, 240, interval=0.2, what="a 200 once the model loaded")
     assert seen and seen[-1] == 200
     assert set(seen) <= {200, 503}
     assert 503 in seen  # it did answer while loading, and said so
@@ -47,10 +48,8 @@ def test_dead_engine_is_503_and_unhealthy(tiny_model, tmp_path):
         assert engines, "no EngineCore process found under the server"
         for p in engines:
             p.send_signal(signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and \
-                httpx.get(server.url + "/health").status_code == 200:
-            time.sleep(0.2)
+        wait_for(lambda: httpx.get(server.url + "/health").status_code != 200, 30,
+                 interval=0.2, what="/health to fail after the engine died")
         assert httpx.get(server.url + "/health").status_code == 503
         r = httpx.post(server.url + "/v1/completions",
                        json={"model": "tiny", "prompt": "hi", "max_tokens": 4}, timeout=30)

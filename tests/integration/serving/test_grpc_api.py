@@ -1,6 +1,5 @@
 """The gRPC API over a real channel to the real server process."""
 
-import time
 
 import grpc
 import httpx
@@ -11,6 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.rlhf.v1 import feedback_pb2 as fpb
 from protos.rlhf.v1 import feedback_pb2_grpc, inference_pb2_grpc
 from protos.rlhf.v1 import inference_pb2 as pb
+from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -155,11 +155,9 @@ def _metric(server, name: str) -> float:
 
 def _wait_drained(server, aborted_before: float) -> None:
     """Until the abort is counted and the engine holds no request (or 10 s pass)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (
-            _metric(server, "rlhf:engine_requests_in_flight") > 0
-            or _metric(server, "rlhf:requests_aborted_total") == aborted_before):
-        time.sleep(0.05)
+    wait_for(lambda: _metric(server, "rlhf:engine_requests_in_flight") == 0
+             and _metric(server, "rlhf:requests_aborted_total") > aborted_before,
+             10, interval=0.05, what="the abort to be counted and the engine to drain")
     assert _metric(server, "rlhf:engine_requests_in_flight") == 0
 
 

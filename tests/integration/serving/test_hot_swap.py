@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -133,12 +132,16 @@ def test_swap_under_load_fails_no_request(stack):
         streams = [pool.submit(f, server) for _ in range(8)
                    for f in (_stream_one, _grpc_stream_one)]
         probes = [pool.submit(f, server) for _ in range(8) for f in (_http_probe, _grpc_probe)]
-        time.sleep(0.3)
+        # Swap only once streams are really inside the engine, so the swap must drain them.
+        in_flight = wait_for(lambda: (n := _in_flight(server)) >= 4 and n, 60, interval=0.02,
+                             what="streams in flight before the swap")
         swapped = _swap(server, "policy-0001")
         served = [f.result() for f in streams]  # raises if any request failed
         probed = [f.result() for f in probes]
     assert swapped.status_code == 200, swapped.text
+    assert in_flight >= 4
     assert set(served) <= {"policy-0000", "policy-0001"}
+    assert "policy-0000" in served  # streams admitted before the swap finished on the old
     after, version = _greedy(server)
     assert version == "policy-0001"
     assert after != before  # other weights, other greedy text
@@ -171,6 +174,14 @@ def test_failed_swap_keeps_serving_the_previous_version(stack, version, why):
     assert _greedy(server) == before
     assert httpx.get(server.url + "/ready").status_code == 200
     assert _failed_swaps(server) == failed + 1
+
+
+def _in_flight(server) -> float:
+    """Requests the engine holds right now (0 when none), from the server's own metric."""
+    text = httpx.get(server.url + "/metrics").text
+    values = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+              if ln.startswith("rlhf:engine_requests_in_flight ")]
+    return values[0] if values else 0.0
 
 
 def _failed_swaps(server) -> float:

@@ -2,10 +2,11 @@
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
+
+from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -191,11 +192,9 @@ def test_client_disconnect_mid_stream_aborts_engine_request(server):
     with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
         lines = r.iter_lines()  # keep a reference: a dropped iterator closes the stream
         next(lines)
-    deadline = time.monotonic() + 10
-    while (_in_flight(server) > 0 or _metric(httpx.get(server.url + "/metrics").text,
-                                              "rlhf:requests_aborted_total") == aborted) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: _in_flight(server) == 0 and _metric(
+        httpx.get(server.url + "/metrics").text, "rlhf:requests_aborted_total") > aborted,
+        10, interval=0.05, what="the abort to be counted and the engine to drain")
     assert _metric(httpx.get(server.url + "/metrics").text,
                    "rlhf:requests_aborted_total") == aborted + 1
     assert _in_flight(server) == 0
