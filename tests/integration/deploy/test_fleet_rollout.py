@@ -136,6 +136,12 @@ class Traffic:
         for t in self._threads:
             t.join(60)
 
+    def wait_answers(self, more: int) -> None:
+        """Until ``more`` answers beyond those so far have come back."""
+        target = len(self.answers) + more
+        wait_for(lambda: len(self.answers) >= target or self.failures, 120,
+                 what=f"{more} more answers")
+
     def _client(self, first: str, seed: int) -> None:
         names, i = sorted(self.fleet.replicas), seed
         with httpx.Client(timeout=60) as http:
@@ -214,10 +220,10 @@ def test_staged_rollout_keeps_the_fleet_serving(fleet):
         assert {r["replica"] for r in rows} == {"r0", "r1", "r2"}
         assert all(r["url"].startswith("http://127.0.0.1:") for r in rows)
         with Traffic(fleet) as traffic:
-            time.sleep(2)
+            traffic.wait_answers(6)  # every replica busy before the rollout …
             r = client.post("/v1/deploy/promote", headers=ADMIN,
                             json={"version": SEED1, "force": True, "reason": "staged"})
-            time.sleep(2)
+            traffic.wait_answers(6)  # … and after it
         assert r.status_code == 200, r.text
         traffic.check()
         rollout = r.json()["rollout"]
@@ -272,9 +278,10 @@ def test_a_failed_swap_mid_rollout_restores_the_swapped_replicas(fleet):
         with TestClient(create_app(controller, KeyRing(KEYS), consume_events=True)) as client:
             wait_fleet(client, SEED1)
             with Traffic(fleet) as traffic:
+                traffic.wait_answers(3)
                 r = client.post("/v1/deploy/promote", headers=ADMIN,
                                 json={"version": SEED2, "force": True})
-                time.sleep(1)
+                traffic.wait_answers(3)
             assert r.status_code == 409, r.text
             assert "swap failed on r1" in r.json()["error"]["message"]
             traffic.check()
