@@ -87,7 +87,8 @@ def heldout_lm_loss(registry: Registry, version: str, demos: list, s: GateSettin
 
     path = registry.path(version)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(s.device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = model.to(s.device)  # type: ignore[arg-type]
     model.eval()
     examples = [sft_example(tokenizer, d.prompt, d.response, max_len) for d in demos]
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)

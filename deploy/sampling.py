@@ -13,6 +13,7 @@ import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -41,13 +42,14 @@ class Policy:
     """A causal LM and its tokenizer, loaded for evaluation."""
 
     name: str
-    model: torch.nn.Module
-    tokenizer: object
+    model: Any  # a transformers PreTrainedModel (its stubs are too loose for mypy)
+    tokenizer: Any  # a transformers tokenizer
     stop_ids: list[int] = field(default_factory=list)  # generation config's EOS ids
 
     @classmethod
     def load(cls, path: Path, name: str, device: str = "cpu") -> Policy:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = model.to(device)  # type: ignore[arg-type]
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(name, model.eval(), tokenizer, stop_token_ids(path, tokenizer))
 

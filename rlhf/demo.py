@@ -77,7 +77,8 @@ class Platform:
     def __init__(self, opts: DemoOptions):
         self.opts, self.home = opts, opts.home.resolve()
         self.up: Process | None = None
-        self.url, self.deploy_url = opts.url, opts.deploy_url
+        self.url: str = opts.url or ""  # set by start() when it starts one
+        self.deploy_url = opts.deploy_url
 
     def start(self) -> None:
         """Start ``rlhf up`` (fresh home) unless ``--url`` names a running one."""
@@ -221,8 +222,8 @@ def registry_state(registry) -> str:
     rm = rewards[-1] if rewards else None
     acc = rm.metrics.get("eval_accuracy") if rm else None
     return (f"live {live} | {len(policies)} policies, {len(rewards)} reward models"
-            + (f" (newest {rm.version}, held-out accuracy {acc:.0%})" if acc is not None
-               else ""))
+            + (f" (newest {rm.version}, held-out accuracy {acc:.0%})"
+               if rm is not None and acc is not None else ""))
 
 
 def run(opts: DemoOptions) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import BaseModel
 
 from training.settings import TrainSettings
 
@@ -48,11 +50,14 @@ def _run(recipe: str, config: Path | None, database_url: str | None, registry: P
     from training.metrics import prometheus_sink
     from training.recipes import ppo, reward, sft
 
-    module, cls = {"sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig),
-                   "ppo": (ppo, ppo.PPOConfig)}[recipe]
+    recipes: dict[str, tuple[Any, type[BaseModel]]] = {
+        "sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig),
+        "ppo": (ppo, ppo.PPOConfig)}
+    module, cls = recipes[recipe]
     settings = _settings(database_url, registry)
     overrides = {k: v for k, v in {"base": base, **extra}.items() if v}
-    cfg = load_config(cls, config or _packaged(settings, recipe), f"{recipe}.yaml", overrides)
+    cfg: Any = load_config(cls, config or _packaged(settings, recipe), f"{recipe}.yaml",
+                           overrides)
     store = FeedbackStore(settings.database.url)
     store.migrate()
     hooks = {"on_step": prometheus_sink(settings.metrics_port, recipe)} if recipe == "ppo" else {}

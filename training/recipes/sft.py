@@ -130,9 +130,10 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     per_process = max(cfg.batch_size // accelerator.num_processes, 1)
     sampler = LengthGroupedSampler(per_process, lengths=[len(x["input_ids"]) for x in train_set],
                                    generator=torch.Generator().manual_seed(cfg.seed))
-    train_loader = DataLoader(train_set, batch_size=per_process, sampler=sampler,
-                              collate_fn=collate)
-    eval_loader = DataLoader(eval_set, batch_size=per_process, collate_fn=collate)
+    train_loader: DataLoader = DataLoader(train_set, batch_size=per_process,  # type: ignore[arg-type]
+                                          sampler=sampler, collate_fn=collate)
+    eval_loader: DataLoader = DataLoader(eval_set, batch_size=per_process,  # type: ignore[arg-type]
+                                         collate_fn=collate)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_set), cfg.batch_size,
                                                    accelerator.num_processes)

@@ -142,3 +142,25 @@ def test_an_unreachable_database_is_transient():
         store.persist([Demonstration(prompt="p", response="r")])
     assert is_transient(exc.value)
     store.close()
+
+
+def test_migration_0002_upgrades_a_store_with_data(store_url):
+    from feedback.store.migrate import upgrade
+
+    store = FeedbackStore(store_url)
+    upgrade(store.engine, "0001")
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO completions (event_id, request_id, policy_version, model, endpoint, "
+            "prompt, sampling_params, prompt_tokens, completion_tokens, created_at, stored_at) "
+            "VALUES ('e', 'old', 'v', 'm', 'completions', 'p', '{}', 1, 1, "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+        conn.execute(text(
+            "INSERT INTO pending_feedback (event_id, request_id, payload, received_at) "
+            "VALUES ('f', 'x', '{}', '2026-01-01 00:00:00')"))
+    store.migrate()
+    with store.engine.connect() as conn:
+        assert conn.scalar(text("SELECT purpose FROM completions")) == "train"
+        assert conn.execute(text("SELECT source_partition, source_offset "
+                                 "FROM pending_feedback")).one() == (None, None)
+    store.close()
