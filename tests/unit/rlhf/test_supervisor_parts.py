@@ -69,7 +69,7 @@ def test_one_port_configured_twice_is_a_conflict_without_probing():
 def test_rlhf_up_checks_the_broker_port_only_for_the_embedded_broker():
     assert any(name.startswith("broker") for name in UpSettings().ports())
     external = UpSettings(external_kafka="kafka:9092").ports()
-    assert not any(name.startswith("broker") for name in external) and len(external) == 4
+    assert not any(name.startswith("broker") for name in external) and len(external) == 5
 
 
 def test_one_default_for_the_ranking_threshold():
@@ -98,7 +98,7 @@ def _home(tmp_path: Path) -> UpSettings:
 def test_children_get_their_settings_and_a_private_tmpdir_each(tmp_path):
     s = _home(tmp_path)
     kids = {k.name: k for k in children(s, {"RLHF_LOG_LEVEL": "info"})}
-    assert list(kids) == ["broker", "ingest", "serve", "deploy", "train"]
+    assert list(kids) == ["broker", "ingest", "serve", "deploy", "workbench", "train"]
     root = private_tmp_root(s.home)
     assert {k.tmp for k in kids.values()} == {root / name for name in kids}
     assert kids["train"].env["RLHF_MIN_NEW_RANKINGS"] == "7"
