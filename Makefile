@@ -41,8 +41,8 @@ docs: $(STAMP)
 	$(BIN)/python -m rlhf.settings_doc > docs/settings.md
 
 lint: $(STAMP)
-	$(BIN)/ruff check core serving feedback training deploy rlhf protos/build.py tests benchmarks
-	$(BIN)/mypy core serving feedback
+	$(BIN)/ruff check core serving feedback training deploy rlhf labeling protos/build.py tests benchmarks
+	$(BIN)/mypy core serving feedback training deploy rlhf labeling
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q tests
