@@ -176,10 +176,14 @@ class DeployController:
         return self.watcher.fleet(ready_only=True) or None
 
     def replica_rows(self) -> list[ReplicaVersion]:
-        """The fleet table (fresh replicas only) when watched, else the reports seen."""
-        if self.watcher is not None:
-            return self.watcher.fleet()
-        return self.replicas.snapshot()
+        """The fleet table (fresh replicas, from heartbeats) when watched, then every other
+        replica seen only through its swap reports (a failed one included)."""
+        reported = self.replicas.snapshot()
+        if self.watcher is None:
+            return reported
+        fleet = self.watcher.fleet()
+        seen = {r.replica for r in fleet}
+        return fleet + [r for r in reported if r.replica not in seen]
 
     # -- checks ------------------------------------------------------------------------
     def _policy(self, version: str) -> None:

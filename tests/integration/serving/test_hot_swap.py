@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -70,13 +71,34 @@ def _swap(server, version: str) -> httpx.Response:
                       json={"version": version}, timeout=60)
 
 
+class _Streaming:
+    """How many streams have their first chunk and not yet their last (client side)."""
+
+    def __init__(self):
+        self.lock, self.active = threading.Lock(), 0
+
+    def __enter__(self):
+        with self.lock:
+            self.active += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.active -= 1
+
+
+STREAMING = _Streaming()
+
+
 def _stream_one(server) -> str:
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 64, "ignore_eos": True,
             "stream": True}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60,
                       headers={"Authorization": "Bearer sk-user"}) as r:
         assert r.status_code == 200
-        lines = [ln for ln in r.iter_lines() if ln]
+        chunks = (ln for ln in r.iter_lines() if ln)
+        lines = [next(chunks)]
+        with STREAMING:  # mid-stream from the first chunk until the last
+            lines += list(chunks)
     assert lines[-1] == "data: [DONE]"
     versions = {json.loads(ln[6:])["policy_version"] for ln in lines[:-1]}
     assert len(versions) == 1  # one stream, one version
@@ -132,14 +154,14 @@ def test_swap_under_load_fails_no_request(stack):
         streams = [pool.submit(f, server) for _ in range(8)
                    for f in (_stream_one, _grpc_stream_one)]
         probes = [pool.submit(f, server) for _ in range(8) for f in (_http_probe, _grpc_probe)]
-        # Swap only once streams are really inside the engine, so the swap must drain them.
-        in_flight = wait_for(lambda: (n := _in_flight(server)) >= 4 and n, 60, interval=0.02,
-                             what="streams in flight before the swap")
+        # Swap only once streams are really mid-way, so the swap must drain them.
+        in_flight = wait_for(lambda: STREAMING.active >= 2 and STREAMING.active, 60,
+                             interval=0.005, what="streams in flight before the swap")
         swapped = _swap(server, "policy-0001")
         served = [f.result() for f in streams]  # raises if any request failed
         probed = [f.result() for f in probes]
     assert swapped.status_code == 200, swapped.text
-    assert in_flight >= 4
+    assert in_flight >= 2
     assert set(served) <= {"policy-0000", "policy-0001"}
     assert "policy-0000" in served  # streams admitted before the swap finished on the old
     after, version = _greedy(server)
@@ -174,14 +196,6 @@ def test_failed_swap_keeps_serving_the_previous_version(stack, version, why):
     assert _greedy(server) == before
     assert httpx.get(server.url + "/ready").status_code == 200
     assert _failed_swaps(server) == failed + 1
-
-
-def _in_flight(server) -> float:
-    """Requests the engine holds right now (0 when none), from the server's own metric."""
-    text = httpx.get(server.url + "/metrics").text
-    values = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-              if ln.startswith("rlhf:engine_requests_in_flight ")]
-    return values[0] if values else 0.0
 
 
 def _failed_swaps(server) -> float:
