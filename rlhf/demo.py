@@ -244,6 +244,10 @@ def run(opts: DemoOptions) -> int:
         first = registry.history()[0].version
         print(f"[{(time.monotonic() - t0) / 60:4.1f} min] server ready at {platform.url}; "
               f"{len(tasks.train)} train prompts, {len(tasks.held_out)} held out", flush=True)
+        if getattr(platform, "workbench_url", None):
+            print(f"           label by hand meanwhile: {platform.workbench_url}/ (key "
+                  f"{keys['labeler']}); lead page {platform.workbench_url}/lead (key "
+                  f"{keys['admin']})", flush=True)
         labelers = Labelers(platform.url, keys["labeler"], opts)
         measure = _measurer(registry, tasks.held_out, opts, measured)
         measure(first)

@@ -87,10 +87,13 @@ class _Streaming:
 
 
 STREAMING = _Streaming()
+# Long enough that streams are still running when the swap starts, even on a fast engine
+# (the tiny model streams 64 tokens in tens of milliseconds); below max_model_len 512.
+STREAM_TOKENS = 400
 
 
 def _stream_one(server) -> str:
-    body = {"model": "tiny", "prompt": "hi", "max_tokens": 64, "ignore_eos": True,
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": STREAM_TOKENS, "ignore_eos": True,
             "stream": True}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60,
                       headers={"Authorization": "Bearer sk-user"}) as r:
@@ -110,10 +113,10 @@ def _grpc_stream_one(server) -> str:
         stub = inference_pb2_grpc.InferenceStub(ch)
         msgs = list(stub.GenerateStream(
             pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParameters(
-                max_tokens=64, ignore_eos=True)),
+                max_tokens=STREAM_TOKENS, ignore_eos=True)),
             metadata=(("authorization", "Bearer sk-user"),), timeout=60))
     versions = {m.policy_version for m in msgs}
-    assert len(versions) == 1 and msgs[-1].usage.completion_tokens == 64
+    assert len(versions) == 1 and msgs[-1].usage.completion_tokens == STREAM_TOKENS
     return versions.pop()
 
 
