@@ -84,10 +84,28 @@ def _schema(published: Published) -> dict[str, Any]:
         body = TypeAdapter(published.model).json_schema(mode="validation")
         body = {"title": "FeedbackEvent", "description": (
             "Any feedback event on the feedback topic; `type` tells which one."), **body}
+    if published.topic in ("completions", "feedback"):
+        _require_event_id(body)
     return {"$schema": DRAFT, **body,
             "x-rlhf-topic": published.topic,
             "x-rlhf-event-types": list(published.types),
             "x-rlhf-schema-version": SCHEMA_VERSION}
+
+
+def _require_event_id(node: Any) -> None:
+    """On the wire ``event_id`` is required (the decoder dead-letters messages without
+    it, so a producer's retry cannot be stored twice), although Python constructors
+    default it; mark it required in every object schema that has it."""
+    if isinstance(node, dict):
+        if "event_id" in node.get("properties", {}):
+            required = node.setdefault("required", [])
+            if "event_id" not in required:
+                required.insert(0, "event_id")
+        for value in node.values():
+            _require_event_id(value)
+    elif isinstance(node, list):
+        for value in node:
+            _require_event_id(value)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
