@@ -176,14 +176,11 @@ class DeployController:
         return self.watcher.fleet(ready_only=True) or None
 
     def replica_rows(self) -> list[ReplicaVersion]:
-        """The fleet table (fresh replicas, from heartbeats) when watched, then every other
-        replica seen only through its swap reports (a failed one included)."""
-        reported = self.replicas.snapshot()
-        if self.watcher is None:
-            return reported
-        fleet = self.watcher.fleet()
-        seen = {r.replica for r in fleet}
-        return fleet + [r for r in reported if r.replica not in seen]
+        """The fleet table (fresh replicas, from heartbeats) when watched and not empty;
+        else the replicas seen through their swap reports (a failed one included), so a
+        fleet whose replicas send no heartbeats still shows who failed what."""
+        fleet = self.watcher.fleet() if self.watcher is not None else []
+        return fleet or self.replicas.snapshot()
 
     # -- checks ------------------------------------------------------------------------
     def _policy(self, version: str) -> None:
