@@ -199,13 +199,17 @@ class Traffic:
         down = [s for _, s in self.samples if not any(ready for ready, _ in s.values())]
         assert not down, f"all replicas not ready at once: {down[:3]}"
         for name in self.fleet.replicas:
-            seen = [(t, s[name][1]) for t, s in self.samples if s[name][0]]
+            # the version a replica reports, ready or mid-swap (it names the old version
+            # until its swap completes), sampled every 50 ms
+            seen = [(t, s[name][1]) for t, s in self.samples]
             for replica, version, started, ended in self.answers:
                 if replica != name:
                     continue
                 around = {v for t, v in seen if started - 0.2 <= t <= ended + 0.2}
                 before = [v for t, v in seen if t <= started]
-                assert version in around | set(before[-1:]), (name, version, around)
+                after = [v for t, v in seen if t >= ended]
+                assert version in around | set(before[-1:]) | set(after[:1]), \
+                    (name, version, around)
 
 
 def versions(fleet: Fleet) -> dict[str, str]:
