@@ -166,16 +166,9 @@ class FleetWatcher:
 
     def _subscribe(self) -> Any:
         """Assign every partition, from ``stale_after_s`` ago (the start if unsupported)."""
-        from kafka import KafkaConsumer, TopicPartition
+        from core.consumer import assign_all_partitions
 
-        consumer = KafkaConsumer(**self.kafka.client_kwargs(), enable_auto_commit=False,
-                                 group_id=None)
-        topic = self.kafka.topics.policy
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not parts:
-            consumer.close()
-            raise RuntimeError(f"topic {topic} does not exist yet")
-        consumer.assign(parts)
+        consumer, parts = assign_all_partitions(self.kafka, self.kafka.topics.policy)
         since = datetime.now(UTC) - timedelta(seconds=2 * self.stale_after_s)
         try:
             offsets = consumer.offsets_for_times({p: int(since.timestamp() * 1000)

@@ -189,16 +189,9 @@ class PolicyFollower:
             consumer.close()
 
     def _subscribe(self):
-        from kafka import KafkaConsumer, TopicPartition
+        from core.consumer import assign_all_partitions
 
-        consumer = KafkaConsumer(**self.kafka.client_kwargs(), enable_auto_commit=False,
-                                 group_id=None)
-        topic = self.kafka.topics.policy
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not parts:
-            consumer.close()
-            raise RuntimeError(f"topic {topic} does not exist yet")
-        consumer.assign(parts)
+        consumer, parts = assign_all_partitions(self.kafka, self.kafka.topics.policy)
         consumer.seek_to_end(*parts)
         return consumer
 
