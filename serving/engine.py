@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client.registry import Collector
 from vllm import SamplingParams
 from vllm.outputs import RequestOutput
 
@@ -33,6 +35,8 @@ class EngineStats:
 class Engine(Protocol):
     stats: EngineStats
     max_model_len: int
+    collectors: Sequence[Collector]
+    """The engine's own Prometheus metrics (vLLM's ``vllm:*``), served next to ours."""
 
     def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                  request_id: str) -> AsyncIterator[RequestOutput]: ...
@@ -105,10 +109,12 @@ class VllmEngine:
             enforce_eager=settings.enforce_eager,
             seed=settings.seed,
             kv_cache_memory_bytes=_kv_cache_bytes(settings),
-            disable_log_stats=False,
+            disable_log_stats=False,  # vLLM's stat loggers: our hook and vllm:* metrics
         )
-        self._llm = AsyncLLM.from_engine_args(
-            args, stat_loggers=[_stat_logger_factory(self.stats)])
+        with _BUILD_LOCK:
+            self._llm = AsyncLLM.from_engine_args(
+                args, stat_loggers=[_stat_logger_factory(self.stats)])
+            self.collectors: Sequence[Collector] = _registered_vllm_collectors()
         self.max_model_len = self._llm.model_config.max_model_len
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
@@ -142,6 +148,28 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+_BUILD_LOCK = threading.Lock()
+"""One engine is built at a time in a process: vLLM's Prometheus logger swaps the global
+registry's ``vllm:*`` collectors, and two builds interleaving would register a name twice."""
+
+
+def _registered_vllm_collectors() -> list[Collector]:
+    """The ``vllm:*`` collectors in prometheus_client's global ``REGISTRY``.
+
+    With stats on (``disable_log_stats=False``) every ``AsyncLLM`` adds vLLM's
+    ``PrometheusStatLogger``, which first unregisters all ``vllm:*`` collectors there and
+    then registers its own. Read right after a build (under ``_BUILD_LOCK``) they are
+    exactly that engine's. Holding them keeps each engine's metrics exact when a later
+    engine in the same process (tests build several) replaces them in ``REGISTRY``; the
+    old engine's logger keeps updating its own objects. ``_collector_to_names`` is the
+    registry's private map, the one vLLM's own ``unregister_vllm_metrics`` reads.
+    """
+    from prometheus_client import REGISTRY
+
+    return [c for c, names in list(REGISTRY._collector_to_names.items())
+            if any(n.startswith("vllm:") for n in names)]
 
 
 def _kv_cache_bytes(settings: EngineSettings) -> int | None:

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the serving process, named in vLLM's style under ``rlhf:``."""
+"""Prometheus metrics of the serving process, named in vLLM's style under ``rlhf:``.
+
+One registry per app serves both ours and, once the engine is bound, vLLM's own
+``vllm:*`` metrics of that engine (docs/metrics.md lists both).
+"""
 
 from __future__ import annotations
 
@@ -61,7 +65,13 @@ class ServingMetrics:
                                 "event schema refused them).", ["reason"], registry=r)
 
     def bind_engine(self, engine: Engine) -> None:
-        """Read the engine's scheduler counts at scrape time."""
+        """Read the engine's scheduler counts at scrape time, and serve its own metrics.
+
+        The engine's collectors join this registry, so one scrape returns both; the
+        registry refuses a name that is already ours (``DuplicateTimeseries``).
+        """
+        for collector in engine.collectors:
+            self.registry.register(collector)
         stats = engine.stats
         self.in_flight.set_function(engine.num_unfinished_requests)
         self.running.set_function(lambda: stats.running)
