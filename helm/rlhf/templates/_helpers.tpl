@@ -115,13 +115,27 @@ RLHF_KAFKA__SSL_CAFILE: {{ printf "/etc/rlhf/kafka-ca/%s" $k.external.caSecretKe
 {{- end }}
 
 {{/*
-env entries a process reads from Secrets: include "rlhf.env" (list . component).
-Kafka's SASL password (every process), the feedback store URL (ingester, training,
-deploy-controller) and the API keys (serving and deploy-controller, the same keys).
+env entries of a process that a ConfigMap cannot hold: include "rlhf.env" (list . component).
+From Secrets: Kafka's SASL password (every process), the feedback store URL (ingester,
+training, deploy-controller) and the API keys (serving and deploy-controller, the same keys).
+From the downward API (serving): the replica's fleet id (the pod name) and the URL the
+deploy controller scrapes it on (the pod IP; a pod's host name does not resolve elsewhere).
 */}}
 {{- define "rlhf.env" -}}
 {{- $ctx := index . 0 }}
 {{- $component := index . 1 }}
+{{- if eq $component "serving" }}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: RLHF_REPLICA__ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: RLHF_REPLICA__URL
+  value: {{ printf "http://$(POD_IP):%d" ($ctx.Values.serving.http.port | int) | quote }}
+{{- end }}
 {{- $sasl := $ctx.Values.kafka.external.sasl }}
 {{- if and (not $ctx.Values.kafka.strimzi.enabled) (or $sasl.password $sasl.existingSecret) }}
 - name: RLHF_KAFKA__SASL_PASSWORD
@@ -185,9 +199,13 @@ deploy-controller) and the API keys (serving and deploy-controller, the same key
 {{- end }}
 {{- end }}
 
-{{/* Pod annotations that roll pods when their configuration changes. */}}
+{{/* Pod annotations that roll pods when their configuration changes (the deploy
+     controller reads its rollout policy file once, at start). */}}
 {{- define "rlhf.configChecksum" -}}
-checksum/config: {{ printf "%s\n%s" (include "rlhf.settings.common" (index . 0)) (include (printf "rlhf.settings.%s" (index . 1)) (index . 0)) | sha256sum }}
+{{- $ctx := index . 0 }}
+{{- $component := index . 1 }}
+{{- $files := ternary (include "rlhf.rolloutPolicy" $ctx) "" (eq $component "deploy-controller") -}}
+checksum/config: {{ printf "%s\n%s\n%s" (include "rlhf.settings.common" $ctx) (include (printf "rlhf.settings.%s" $component) $ctx) $files | sha256sum }}
 {{- end }}
 
 {{/* ---------------------------------------------------------- per-process settings */}}
@@ -229,6 +247,7 @@ RLHF_FOLLOW_POLICY_EVENTS: {{ $s.followPolicyEvents | quote }}
 RLHF_PUBLISH_EVENTS: {{ $s.publishEvents | quote }}
 RLHF_EVENT_BUFFER_SIZE: {{ $s.eventBufferSize | int64 | quote }}
 RLHF_DEFAULT_MAX_TOKENS: {{ $s.defaultMaxTokens | int64 | quote }}
+RLHF_REPLICA__HEARTBEAT_INTERVAL_S: {{ $s.replica.heartbeatIntervalS | quote }}
 {{- if .Values.auth.allowOpen }}
 RLHF_AUTH__ALLOW_OPEN: "true"
 {{- end }}
@@ -261,6 +280,8 @@ RLHF_CONFIG_DIR: "/etc/rlhf/recipes"
 {{- define "rlhf.settings.deploy-controller" -}}
 {{- $s := .Values.deployController -}}
 {{- $g := $s.gates -}}
+{{- $h := $g.humanEval -}}
+{{- $r := $s.rollout -}}
 RLHF_DATABASE__ECHO: {{ .Values.database.echo | quote }}
 RLHF_REGISTRY__ROOT: {{ .Values.registry.mountPath | quote }}
 RLHF_AUTO_PROMOTE: {{ $s.autoPromote | quote }}
@@ -275,7 +296,20 @@ RLHF_GATES__MAX_KL: {{ $g.maxKl | quote }}
 RLHF_GATES__MAX_LENGTH_DRIFT: {{ $g.maxLengthDrift | quote }}
 RLHF_GATES__MIN_WIN_RATE: {{ $g.minWinRate | quote }}
 RLHF_GATES__NUM_PROMPTS: {{ $g.numPrompts | int64 | quote }}
+RLHF_GATES__HOLDOUT_SHARE: {{ $g.holdoutShare | quote }}
+{{- with $g.evalPromptFile }}
+RLHF_GATES__EVAL_PROMPT_FILE: {{ . | quote }}
+{{- end }}
+RLHF_GATES__TRAFFIC_SCAN: {{ $g.trafficScan | int64 | quote }}
+RLHF_GATES__SAMPLES_PER_PROMPT: {{ $g.samplesPerPrompt | int64 | quote }}
+RLHF_GATES__CONFIDENCE: {{ $g.confidence | quote }}
+RLHF_GATES__BOOTSTRAP_RESAMPLES: {{ $g.bootstrapResamples | int64 | quote }}
+{{- with $g.judgeModel }}
+RLHF_GATES__JUDGE_MODEL: {{ . | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $g.maxNewTokens) }}
 RLHF_GATES__MAX_NEW_TOKENS: {{ $g.maxNewTokens | int64 | quote }}
+{{- end }}
 RLHF_GATES__TEMPERATURE: {{ $g.temperature | quote }}
 RLHF_GATES__SEED: {{ $g.seed | int64 | quote }}
 RLHF_GATES__BATCH_SIZE: {{ $g.batchSize | int64 | quote }}
@@ -287,7 +321,32 @@ RLHF_GATES__REWARD_MODEL: {{ . | quote }}
 RLHF_GATES__REFERENCE: {{ . | quote }}
 {{- end }}
 RLHF_GATES__DEVICE: {{ ternary "cuda" "cpu" $s.gpu.enabled | quote }}
+RLHF_GATES__HUMAN_EVAL__REQUIRED: {{ $h.required | quote }}
+RLHF_GATES__HUMAN_EVAL__MIN_ITEMS: {{ $h.minItems | int64 | quote }}
+RLHF_GATES__HUMAN_EVAL__MIN_LOWER_BOUND: {{ $h.minLowerBound | quote }}
+RLHF_GATES__HUMAN_EVAL__CONFIDENCE: {{ $h.confidence | quote }}
+RLHF_ROLLOUT__STAGED: {{ $r.staged | quote }}
+RLHF_ROLLOUT__MAX_UNAVAILABLE: {{ $r.maxUnavailable | toString | quote }}
+RLHF_ROLLOUT__CANARY_REPLICAS: {{ $r.canaryReplicas | int64 | quote }}
+RLHF_ROLLOUT__POLICY_FILE: {{ include "rlhf.rolloutPolicy.path" . | quote }}
+RLHF_ROLLOUT__STALE_AFTER_S: {{ $r.staleAfterS | quote }}
+RLHF_ROLLOUT__SWAP_TIMEOUT_S: {{ $r.swapTimeoutS | quote }}
+RLHF_ROLLOUT__WATCH_S: {{ $r.watchS | quote }}
 {{- if .Values.auth.allowOpen }}
 RLHF_AUTH__ALLOW_OPEN: "true"
 {{- end }}
+{{- end }}
+
+{{/* The online-evaluation policy (OnlinePolicy, deploy/online.py): the YAML file
+     RLHF_ROLLOUT__POLICY_FILE names, from deployController.rollout.policy. */}}
+{{- define "rlhf.rolloutPolicy" -}}
+{{- toYaml .Values.deployController.rollout.policy }}
+{{- end }}
+
+{{- define "rlhf.rolloutPolicy.dir" -}}
+/etc/rlhf/rollout
+{{- end }}
+
+{{- define "rlhf.rolloutPolicy.path" -}}
+{{- printf "%s/policy.yaml" (include "rlhf.rolloutPolicy.dir" .) }}
 {{- end }}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,16 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "deployController": _extras("deploy-controller"),
 }
 """The workload-extras profile's values of each workload (values key → values)."""
+
+CANARY_POLICY: dict[str, Any] = {
+    "window_s": 900, "interval_s": 15, "confidence": 0.8, "on_timeout": "forward",
+    "signals": {"error_rate": {"max_worse": 0.01, "min_samples": 200, "required": True},
+                "latency_s": None,  # null: the signal is left out of the file, so ignored
+                "rating": {"max_worse": 0.3, "min_samples": 50, "required": True},
+                "length": {"max_worse": 0.3, "min_samples": 100, "required": False}},
+    "regression_margin": 0.3, "regression_min_ratings": 50,
+}
+"""The canary-rollout profile's online policy (docs/rollout.md's example, latency left out)."""
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -162,6 +173,22 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
     },
     "open-access": {"auth": {"allowOpen": True}},
+    "canary-rollout": {
+        "serving": {"replicas": 4, "replica": {"heartbeatIntervalS": 2.5},
+                    "probes": {"readinessFailureThreshold": 1},
+                    "podDisruptionBudget": {"maxUnavailable": "25%"}},
+        "deployController": {
+            "gates": {"holdoutShare": 0.2, "samplesPerPrompt": 8, "trafficScan": 2000,
+                      "confidence": 0.95, "bootstrapResamples": 500, "judgeModel": "previous",
+                      "maxNewTokens": 64, "evalPromptFile": "/etc/extra/eval-prompts.txt",
+                      "humanEval": {"required": True, "minItems": 50, "minLowerBound": 0.55,
+                                    "confidence": 0.9}},
+            "rollout": {"maxUnavailable": "25%", "canaryReplicas": 1, "staleAfterS": 10,
+                        "swapTimeoutS": 120, "watchS": 1800, "policy": CANARY_POLICY},
+        },
+        "networkPolicy": {"servingFrom": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+    },
     "workload-extras": {
         "auth": {"keys": {"sha256:" + "ab" * 32: "admin", "sk-user-0001": "user"}},
         **{component: EXTRAS[component] for component in EXTRAS},
@@ -175,6 +202,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                       "env": [{"name": "RCLONE_S3_ENDPOINT", "value": "https://s3.example.com"}]},
     },
 }
+
+POD_FIELDS = {"metadata.name": "rlhf-serving-5d8f7c9b4-x2k8q", "status.podIP": "10.42.0.17"}
+"""What the downward API gives an example pod, for env entries with a fieldRef."""
 
 # Kinds served by operators' CRDs; kubernetes-validate has no schema for them.
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "Kafka", "KafkaNodePool", "KafkaTopic"}
@@ -240,6 +270,16 @@ class Rendered:
                 names.add(entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name", ""))
         return names - {""}
 
+    def mounted_file(self, container: dict[str, Any], path: Any) -> Any:
+        """The parsed YAML at ``path`` in the container, from the ConfigMap mounted there."""
+        path = Path(path)
+        mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent)
+        pod = next(t["spec"] for _, t in self.workloads() if container in t["spec"]["containers"])
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        configmap = self.get("ConfigMap", volume["configMap"]["name"])
+        assert configmap is not None, volume
+        return yaml.safe_load(configmap["data"][path.name])
+
     def secret_value(self, name: str, key: str) -> str | None:
         secret = self.get("Secret", name)
         if secret is None or key not in (secret.get("data") or {}):
@@ -250,7 +290,8 @@ class Rendered:
         """Every variable the container gets: ConfigMaps via envFrom, then env entries.
 
         A secretKeyRef to a Secret the chart does not render (an existing Secret) resolves
-        to a placeholder that names it.
+        to a placeholder that names it; a fieldRef to the POD_FIELDS example; `$(NAME)` in a
+        value expands to a variable defined before it, as the kubelet does.
         """
         env: dict[str, str] = {}
         for source in container.get("envFrom", []):
@@ -264,7 +305,11 @@ class Rendered:
             env.update(cm.get("data") or {})
         for entry in container.get("env", []):
             if "value" in entry:
-                env[entry["name"]] = entry["value"]
+                env[entry["name"]] = re.sub(r"\$\((\w+)\)",
+                                            lambda m: env.get(m[1], m[0]), entry["value"])
+                continue
+            if "fieldRef" in entry["valueFrom"]:
+                env[entry["name"]] = POD_FIELDS[entry["valueFrom"]["fieldRef"]["fieldPath"]]
                 continue
             ref = entry["valueFrom"]["secretKeyRef"]
             value = self.secret_value(ref["name"], ref["key"])
@@ -278,7 +323,11 @@ def chart() -> Any:
 
 @functools.cache
 def render(profile: str) -> Rendered:
-    values = PROFILES[profile]
+    return render_values(PROFILES[profile])
+
+
+def render_values(values: dict[str, Any]) -> Rendered:
+    """The objects the chart renders for these values (an install, like ``render``)."""
     with chart() as c:
         manifests = c.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
         merged = c.merge_values(values)

@@ -15,9 +15,11 @@ import typing
 from typing import Any
 
 import pytest
-from helm_chart import PROCESSES, Rendered, render
+from helm_chart import POD_FIELDS, PROCESSES, Rendered, render
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
+
+from deploy.online import OnlinePolicy
 
 pytestmark = pytest.mark.helm
 
@@ -100,18 +102,23 @@ def test_nothing_is_configured_twice(rendered: Rendered) -> None:
         assert not twice, f"{component}: {twice} set more than once"
 
 
+def load_settings(rendered: Rendered, component: str, container: dict[str, Any],
+                  monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The settings tree the process builds from exactly the env the chart gives it."""
+    for name in [n for n in os.environ if n.startswith("RLHF_")]:
+        monkeypatch.delenv(name)
+    for name, value in rendered.container_env(container).items():
+        if value.startswith("<"):  # an existing Secret's value: unknown offline
+            value = '{"sk-placeholder": "user"}' if name == "RLHF_AUTH__KEYS" else "x"
+        monkeypatch.setenv(name, value)
+    return settings_class(component)()
+
+
 def test_rendered_env_loads_into_each_settings_tree(
         rendered: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
     """The processes would start on this env: their own validators accept it."""
     for component, container in process_containers(rendered):
-        env = rendered.container_env(container)
-        for name in [n for n in os.environ if n.startswith("RLHF_")]:
-            monkeypatch.delenv(name)
-        for name, value in env.items():
-            if value.startswith("<"):  # an existing Secret's value: unknown offline
-                value = '{"sk-placeholder": "user"}' if name == "RLHF_AUTH__KEYS" else "x"
-            monkeypatch.setenv(name, value)
-        settings = settings_class(component)()
+        settings = load_settings(rendered, component, container, monkeypatch)
         check_settings_match_objects(rendered, component, container, settings)
 
 
@@ -148,6 +155,11 @@ def check_settings_match_objects(rendered: Rendered, component: str,
         want = settings.engine.tensor_parallel_size if v["serving"]["gpu"]["enabled"] else None
         assert gpus == want
         assert settings.follow_policy_events == v["serving"]["followPolicyEvents"]
+        # The fleet sees each pod under its own name, at an address other pods can reach.
+        assert settings.replica.id == POD_FIELDS["metadata.name"]
+        assert settings.replica.url == f"http://{POD_FIELDS['status.podIP']}:{ports['http']}"
+        assert settings.replica.heartbeat_interval_s == v["serving"]["replica"][
+            "heartbeatIntervalS"]
     if component in ("serving", "deploy-controller") and v["auth"]["keys"]:
         # The pods get digests only; each given key (or digest) keeps its role.
         assert settings.auth.keys == {
@@ -156,22 +168,36 @@ def check_settings_match_objects(rendered: Rendered, component: str,
     if component == "ingester":
         assert ports == {"metrics": settings.metrics_port}
     if component == "deploy-controller":
-        check_deploy_controller_settings(v["deployController"], container, settings)
+        check_deploy_controller_settings(rendered, container, settings)
 
 
-def check_deploy_controller_settings(values: dict[str, Any], container: dict[str, Any],
+def _snake(values: dict[str, Any]) -> dict[str, Any]:
+    """A values section as the settings' field names and values: camelCase → snake_case,
+    "" (unset) → None, nested sections recursed."""
+    return {re.sub(r"([A-Z])", r"_\1", key).lower():
+            _snake(value) if isinstance(value, dict) else (None if value == "" else value)
+            for key, value in values.items()}
+
+
+def check_deploy_controller_settings(rendered: Rendered, container: dict[str, Any],
                                      settings: Any) -> None:
-    """Admin port, consumer group, gates and device are the values the chart was given."""
+    """Admin port, consumer group, gates, device and rollout are the values the chart was
+    given; the rollout policy file is the values' policy, mounted where the setting says."""
+    values = rendered.values["deployController"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": settings.port}
     assert settings.host == "0.0.0.0"
     assert settings.auto_promote == values["autoPromote"]
     assert settings.group_id == values["groupId"]
-    gates = settings.gates
-    for key, value in values["gates"].items():
-        field = re.sub(r"([A-Z])", r"_\1", key).lower()
-        assert getattr(gates, field) == (None if value == "" else value), key
+    gates = settings.gates.model_dump(mode="json")
+    assert {k: gates[k] for k in _snake(values["gates"])} == _snake(values["gates"])
     gpus = container["resources"].get("limits", {}).get(values["gpu"]["resourceName"])
-    assert (gates.device, gpus) == (("cuda", 1) if values["gpu"]["enabled"] else ("cpu", None))
+    assert (gates["device"], gpus) == (("cuda", 1) if values["gpu"]["enabled"] else ("cpu", None))
+    rollout = {**_snake(values["rollout"]), "max_unavailable": str(values["rollout"][
+        "maxUnavailable"])}
+    policy = rollout.pop("policy")
+    assert settings.rollout.model_dump(exclude={"policy_file"}) == rollout
+    assert OnlinePolicy.model_validate(policy) == OnlinePolicy.model_validate(
+        rendered.mounted_file(container, settings.rollout.policy_file))
     registry = next(m for m in container["volumeMounts"]
                     if m["mountPath"] == str(settings.registry.root))
     assert not registry.get("readOnly"), "the controller writes the live pointer"
