@@ -45,8 +45,20 @@ app.kubernetes.io/component: {{ index . 1 }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
+{{/*
+The image of a pod: include "rlhf.image" (list . gpuEnabled). A pod that requests GPUs runs
+the CUDA build (`images/build.sh cuda` tags it <tag>-cuda), any other pod the CPU build
+(`images/build.sh cpu`, i.e. `make image`, tags it <tag>); image.tag and image.cudaTag
+override either.
+*/}}
 {{- define "rlhf.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $ctx := index . 0 }}
+{{- $image := $ctx.Values.image }}
+{{- $tag := default $ctx.Chart.AppVersion $image.tag }}
+{{- if index . 1 }}
+{{- $tag = default (printf "%s-cuda" $tag) $image.cudaTag }}
+{{- end }}
+{{- printf "%s:%s" $image.repository $tag }}
 {{- end }}
 
 {{- define "rlhf.serviceAccountName" -}}
