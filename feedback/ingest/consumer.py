@@ -139,7 +139,7 @@ class Ingester:
         self._check_limit(batch, result, letters)
         self._dead_letter(letters)
         self._commit()
-        self._count(records, result, len(letters))
+        self._count(records, batch, result, len(letters))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return True
 
@@ -254,10 +254,12 @@ class Ingester:
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def _count(self, records: Sequence, result: PersistResult, n_bad: int) -> None:
+    def _count(self, records: Sequence, batch: Routed, result: PersistResult,
+               n_bad: int) -> None:
         m = self.metrics
         for r in records:
             m.consumed.labels(r.topic).inc()
+        m.count_accepted(batch.events, result.rejected)
         m.persisted.labels("completion").inc(result.completions)
         m.persisted.labels("feedback").inc(result.feedback + result.resolved)
         m.persisted.labels("pending").inc(result.pending)

@@ -1,8 +1,60 @@
-"""Prometheus metrics of the ingester (``rlhf:ingest_…``)."""
+"""Prometheus metrics of the ingester (``rlhf:ingest_…``; docs/metrics.md lists them)."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Sequence
+from typing import get_args
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from core.events import (
+    Comparison,
+    CompletionRecord,
+    Demonstration,
+    Event,
+    FeedbackBase,
+    Ranking,
+    Rating,
+    Source,
+)
+from feedback.store.store import Rejection
+
+COMPLETION_SOURCE = "serving"
+"""The ``source`` label of completions: the serving process logs them (feedback carries
+the submitter's role, ``user``/``labeler``/``admin``)."""
+
+
+def kind_and_source(event: Event) -> tuple[str, str]:
+    """The ``kind`` and ``source`` labels of an event: its ``type`` and who sent it."""
+    source = event.source if isinstance(event, FeedbackBase) else COMPLETION_SOURCE
+    return event.type, source
+
+
+def _every_kind_and_source() -> list[tuple[str, str]]:
+    feedback = [m.model_fields["type"].default
+                for m in (Ranking, Comparison, Rating, Demonstration)]
+    completion = CompletionRecord.model_fields["type"].default
+    return [(completion, COMPLETION_SOURCE),
+            *((k, s) for k in feedback for s in get_args(Source))]
+
+
+def accepted(events: Sequence[Event], rejected: Sequence[Rejection]) -> list[Event]:
+    """The batch's events the store took: every one but those it rejected.
+
+    The store rejects an event_id's first occurrence (a repeat later in the batch is then
+    a duplicate), or every occurrence when it writes one event at a time; so one
+    occurrence is dropped per rejection. Rejections of parked feedback (not in the batch)
+    drop nothing.
+    """
+    left = Tally(r.event_id for r in rejected)
+    kept = []
+    for event in events:
+        if left[event.event_id]:
+            left[event.event_id] -= 1
+        else:
+            kept.append(event)
+    return kept
 
 
 class IngestMetrics:
@@ -13,6 +65,14 @@ class IngestMetrics:
         self.persisted = Counter("rlhf:ingest_persisted", "Events written to the store "
                                  "(stored, parked as pending, or resolved).", ["kind"],
                                  registry=r)
+        self.accepted = Counter(
+            "rlhf:ingest_accepted", "Events the store accepted, by kind (the event type: "
+            "completion, ranking, comparison, rating, demonstration) and source (user, "
+            "labeler, admin; serving for completions): stored, parked for their "
+            "completion, or already stored (a replay, also in rlhf:ingest_duplicates). "
+            "Dead-lettered events are not counted.", ["kind", "source"], registry=r)
+        for kind, source in _every_kind_and_source():
+            self.accepted.labels(kind=kind, source=source)
         self.duplicates = Counter("rlhf:ingest_duplicates", "Events skipped as already "
                                   "stored (replays).", registry=r)
         self.dead_lettered = Counter("rlhf:ingest_dead_lettered", "Records sent to the "
@@ -28,3 +88,8 @@ class IngestMetrics:
                                "because its completion did not arrive in time.", registry=r)
         self.db_retries = Counter("rlhf:ingest_db_retries", "Store writes retried after a "
                                   "database error.", registry=r)
+
+    def count_accepted(self, events: Sequence[Event], rejected: Sequence[Rejection]) -> None:
+        """Count a batch's accepted events by kind and source."""
+        for labels, n in Tally(kind_and_source(e) for e in accepted(events, rejected)).items():
+            self.accepted.labels(*labels).inc(n)
