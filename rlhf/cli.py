@@ -105,7 +105,8 @@ def serve(
     """Serve the OpenAI-compatible HTTP API and the gRPC API on a vLLM engine.
 
     Exits 1 at once when --model is not a checkpoint directory, a port is taken, or it
-    would serve without API keys on a non-loopback address (see --allow-open).
+    would serve without API keys on a non-loopback address (see --allow-open); and exits 1
+    when the model then fails to load.
     """
     from serving.server import serve as run
     from serving.settings import ServeSettings

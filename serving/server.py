@@ -2,10 +2,12 @@
 
 Start-up checks run before the engine loads, so a mistake exits at once with a message
 (exit code 1) instead of a server that runs without a model or that clients cannot
-reach: ``--model`` must be a checkpoint directory; the HTTP and gRPC ports must be free
-(gRPC allows port sharing, so a second server would silently share the first's port);
+reach: ``--model`` must be a checkpoint directory; the HTTP and gRPC ports must be free;
 and a server without API keys binds a non-loopback address only with
 ``--allow-open`` (RLHF_AUTH__ALLOW_OPEN=true), since every caller would be admin.
+What the checks cannot see also exits 1: a start-up that fails (the gRPC server binds
+without port sharing, so a port taken after the check fails there) and a model that
+fails to load.
 """
 
 from __future__ import annotations
@@ -114,4 +116,36 @@ def serve(settings: ServeSettings) -> None:
         from uvloop import run as run_loop
     except ImportError:
         run_loop = asyncio.run  # type: ignore[assignment]
-    run_loop(uvicorn.Server(config).serve())
+    failure = run_loop(_run(uvicorn.Server(config), runtime))
+    if failure:
+        raise SystemExit(failure)
+
+
+async def _run(server: uvicorn.Server, runtime: Runtime) -> str | None:
+    """Serve until stopped; why it has to exit 1 (start-up or the model load failed), or
+    None after an ordinary shutdown."""
+    watch = asyncio.create_task(_stop_if_load_fails(server, runtime))
+    try:
+        await server.serve()
+    finally:
+        watch.cancel()
+    if not server.started:  # uvicorn logged the start-up error (e.g. the gRPC port's)
+        return "rlhf serve did not start; the error is logged above."
+    error = None if watch.cancelled() or not watch.done() else watch.result()
+    if error is not None:
+        return (f"Loading the model {runtime.policy.path} failed, so rlhf serve stopped: "
+                f"{type(error).__name__}: {error}")
+    return None
+
+
+async def _stop_if_load_fails(server: uvicorn.Server, runtime: Runtime) -> BaseException | None:
+    """Shut the server down when the first model load fails: a server that can never
+    answer must not stay up (a later failed swap keeps the old weights instead)."""
+    while not server.started:  # start-up (the app's lifespan) begins the load
+        if server.should_exit:
+            return None
+        await asyncio.sleep(0.1)
+    await runtime.wait_loaded()
+    if runtime.load_error is not None:
+        server.should_exit = True
+    return runtime.load_error

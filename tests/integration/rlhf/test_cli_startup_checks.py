@@ -59,12 +59,37 @@ def test_rlhf_up_on_a_taken_port_exits_at_once_naming_it(tmp_path, listener, fla
     assert not home.exists()  # nothing was started or created
 
 
+def serve_model(model: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    return run_cli("serve", "--model", str(model), "--host", "127.0.0.1",
+                   "--port", str(free_port()), "--grpc-port", str(free_port()),
+                   "--no-publish-events", timeout=timeout)
+
+
 def test_rlhf_serve_with_a_missing_model_directory_exits_non_zero(tmp_path):
     missing = tmp_path / "no-such-model"
-    run, _ = run_cli("serve", "--model", str(missing), "--host", "127.0.0.1",
-                     "--port", str(free_port()), "--grpc-port", str(free_port()))
-    assert run.returncode != 0
+    run, _ = serve_model(missing)
+    assert run.returncode == 1
     assert f"--model {missing}: no such checkpoint directory" in run.stderr
+    assert "Uvicorn running" not in run.stderr  # it stopped before serving
+
+
+def test_rlhf_serve_with_a_directory_without_config_json_exits_non_zero(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    run, _ = serve_model(tmp_path)
+    assert run.returncode == 1
+    assert f"--model {tmp_path}: not a checkpoint directory (no config.json in it)" \
+        in run.stderr
+    assert "Uvicorn running" not in run.stderr
+
+
+def test_rlhf_serve_exits_non_zero_when_the_model_fails_to_load(tmp_path):
+    """A config.json but nothing loadable: the checks pass, the load fails, and the server
+    stops (subprocess.run's timeout fails the test if it kept running)."""
+    (tmp_path / "config.json").write_text("{}")
+    run, _ = serve_model(tmp_path, timeout=150)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Uvicorn running" in run.stderr  # it got as far as serving
+    assert f"Loading the model {tmp_path} failed, so rlhf serve stopped: " in run.stderr
 
 
 @pytest.mark.parametrize("which", ["--port", "--grpc-port"])
