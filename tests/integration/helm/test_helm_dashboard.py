@@ -1,14 +1,18 @@
-"""The Grafana dashboard queries only metrics the processes export.
+"""The Grafana dashboard queries only metrics the processes export, by their own labels.
 
 Exported names are read from the prometheus_client definitions in the code (AST, so no
 engine is imported): a Counter ``foo`` exports ``foo_total``, a Histogram
-``foo_bucket``/``foo_sum``/``foo_count``. A renamed metric fails here instead of leaving a
-silently empty panel.
+``foo_bucket``/``foo_sum``/``foo_count``. Serving also exports vLLM's own ``vllm:*``
+metrics (the engine's stat logger), read the same way from the installed vLLM's source;
+tests/integration/serving/test_metrics_vllm.py checks on a live server that the ones the
+dashboard queries are really served. A renamed metric or label fails here instead of
+leaving a silently empty panel.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -27,6 +31,13 @@ METRIC_SOURCES = ["serving/metrics.py", "feedback/ingest/metrics.py", "core/prod
 KUBE_STATE_METRICS = {"kube_job_status_succeeded", "kube_job_status_failed",
                       "kube_job_status_active"}
 """Training cycles are Jobs of a CronJob: their runs come from kube-state-metrics."""
+
+VLLM_METRIC_SOURCES = ["v1/metrics/loggers.py"]
+"""Where vLLM's Prometheus stat logger defines its metrics (``self._gauge_cls(name=…)``)."""
+VLLM_FACTORIES = {"_gauge_cls": "Gauge", "_counter_cls": "Counter",
+                  "_histogram_cls": "Histogram"}
+TARGET_LABELS = {"namespace", "pod", "instance", "job", "le"}
+"""Labels Prometheus adds to every scraped series (``le``: a histogram's buckets)."""
 
 SUFFIXES = {"Counter": ["_total"], "Gauge": [""], "Histogram": ["_bucket", "_sum", "_count"],
             "Summary": ["_sum", "_count", ""]}
@@ -69,6 +80,56 @@ def exported_metrics() -> set[str]:
     return names
 
 
+def _samples(kind: str, name: str) -> set[str]:
+    base = name.removesuffix("_total") if kind == "Counter" else name
+    return {base + suffix for suffix in SUFFIXES[kind]}
+
+
+def vllm_metrics() -> set[str]:
+    """Every sample name vLLM's Prometheus stat logger can export (installed version)."""
+    spec = importlib.util.find_spec("vllm")  # finds the package without importing it
+    assert spec is not None and spec.submodule_search_locations, "vLLM is not installed"
+    root = Path(list(spec.submodule_search_locations)[0])
+    names: set[str] = set()
+    for source in VLLM_METRIC_SOURCES:
+        for node in ast.walk(ast.parse((root / source).read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in VLLM_FACTORIES):
+                continue
+            [name] = [k.value for k in node.keywords if k.arg == "name"]
+            if isinstance(name, ast.Constant):  # not the vllm:<config>_info gauges
+                names |= _samples(VLLM_FACTORIES[node.func.attr], name.value)
+    return names
+
+
+def exported_labels() -> dict[str, set[str]]:
+    """Sample name → label names, for our metrics whose labels are a literal list."""
+    labels: dict[str, set[str]] = {}
+    for source in METRIC_SOURCES:
+        for node in ast.walk(ast.parse((REPO / source).read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in SUFFIXES and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                continue
+            given = node.args[2] if len(node.args) > 2 else next(
+                (k.value for k in node.keywords if k.arg == "labelnames"), ast.List([]))
+            if isinstance(given, ast.List):
+                names = {e.value for e in given.elts if isinstance(e, ast.Constant)}
+                for sample in _samples(node.func.id, node.args[0].value):
+                    labels[sample] = names
+    return labels
+
+
+def query_labels(expr: str) -> set[str]:
+    """Label names a PromQL expression selects on or groups by."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    found = {m for sel in re.findall(r"\{([^}]*)\}", expr)
+             for m in re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", sel)}
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        found |= {g.strip() for g in group.split(",") if g.strip()}
+    return found
+
+
 def query_metrics(expr: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions, keywords,
     label names (inside {} or by/without ()) or numbers."""
@@ -104,16 +165,30 @@ def test_query_parser_finds_names_and_skips_functions_and_labels() -> None:
                                    "rlhf:requests_total"}
 
 
+def test_query_labels_are_the_selected_and_grouped_ones() -> None:
+    expr = ('histogram_quantile(0.95, sum by (le, replica) (rate(rlhf:rollout_replica_swap_'
+            'seconds_bucket{namespace="$namespace",outcome="a=b"}[1h]))) or '
+            'max by (version) (rlhf:online_signal{signal=~".+_n"})')
+    assert query_labels(expr) == {"le", "replica", "namespace", "outcome", "version",
+                                  "signal"}
+
+
 def test_exported_metrics_cover_every_kind() -> None:
     names = exported_metrics()
     assert {"rlhf:requests_total", "rlhf:time_to_first_token_seconds_bucket",
             "rlhf:num_requests_waiting", "rlhf:events_dropped_total", "rlhf:ingest_lag",
-            "rlhf_ppo_reward_mean", "rlhf_ppo_kl_to_ref"} <= names
+            "rlhf_ppo_reward_mean", "rlhf_ppo_kl_to_ref", "rlhf:rollout_state",
+            "rlhf:ingest_accepted_total"} <= names
     assert "rlhf:requests" not in names  # a Counter is exported with _total
+    vllm = vllm_metrics()
+    assert {"vllm:e2e_request_latency_seconds_bucket", "vllm:request_queue_time_seconds_sum",
+            "vllm:prompt_tokens_total", "vllm:num_requests_waiting",
+            "vllm:iteration_tokens_total_bucket"} <= vllm  # a histogram keeps its _total
+    assert exported_labels()["rlhf:ingest_accepted_total"] == {"kind", "source"}
 
 
 def test_every_queried_metric_is_exported() -> None:
-    known = exported_metrics() | KUBE_STATE_METRICS
+    known = exported_metrics() | vllm_metrics() | KUBE_STATE_METRICS
     queried: dict[str, set[str]] = {}
     for panel in _panels(_dashboard()):
         for target in panel.get("targets", []):
@@ -128,6 +203,22 @@ def test_every_queried_metric_is_exported() -> None:
     assert len(queried) >= 20
 
 
+def test_every_queried_label_is_one_of_the_metrics_own() -> None:
+    """Where all of a query's metrics are ours, it selects and groups only by their
+    labels (or the ones Prometheus adds), so `by (kind)` on a metric without one fails."""
+    labels = exported_labels()
+    checked = 0
+    for panel in _panels(_dashboard()):
+        for target in panel.get("targets", []):
+            metrics = query_metrics(target["expr"])
+            if not metrics or not metrics <= labels.keys():
+                continue
+            own = set().union(*(labels[m] for m in metrics)) | TARGET_LABELS
+            assert query_labels(target["expr"]) <= own, (panel["title"], target["expr"])
+            checked += 1
+    assert checked >= 30
+
+
 def test_the_dashboard_covers_serving_feedback_training_and_deploy() -> None:
     dashboard = _dashboard()
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
@@ -139,7 +230,14 @@ def test_the_dashboard_covers_serving_feedback_training_and_deploy() -> None:
                    "rlhf:events_dropped_total", "rlhf:ingest_persisted_total",
                    "rlhf:ingest_dead_lettered_total", "rlhf:ingest_lag",
                    "kube_job_status_succeeded", "rlhf_ppo_reward_mean", "rlhf_ppo_kl_to_ref",
-                   "rlhf:policy_swaps_total", "rlhf:policy_info"]:
+                   "rlhf:policy_swaps_total", "rlhf:policy_info",
+                   "vllm:request_queue_time_seconds_bucket",
+                   "vllm:request_prompt_tokens_bucket", "vllm:request_generation_tokens_bucket",
+                   "vllm:e2e_request_latency_seconds_bucket",
+                   "sum by (kind) (rate(rlhf:ingest_accepted_total",
+                   "sum by (source) (rate(rlhf:ingest_accepted_total",
+                   "rlhf:rollout_state", "rlhf:rollout_replica_swap_seconds_bucket",
+                   "rlhf:rollout_decisions_total", "rlhf:online_signal"]:
         assert needed in exprs, needed
     ids = [p["id"] for p in _panels(dashboard)]
     assert len(ids) == len(set(ids))
