@@ -5,15 +5,26 @@ settings classes' own."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
-from helm_chart import CANARY_POLICY, NAMESPACE, Rendered, render, render_error, render_values
+import yaml
+from helm_chart import (
+    CANARY_POLICY,
+    CHART,
+    NAMESPACE,
+    Rendered,
+    render,
+    render_error,
+    render_values,
+)
 from test_helm_wiring import load_settings
 
 from deploy.online import OnlinePolicy
 from deploy.rollout import max_unavailable
 from deploy.settings import GateSettings, RolloutSettings
+from labeling.settings import HumanEvalSettings
 from serving.settings import ReplicaSettings
 
 pytestmark = pytest.mark.helm
@@ -105,6 +116,21 @@ def test_the_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatch)
     assert OnlinePolicy.model_validate(policy) == OnlinePolicy()
     serving = load_settings(rendered, "serving", _container(rendered, "serving"), monkeypatch)
     assert serving.replica.heartbeat_interval_s == ReplicaSettings().heartbeat_interval_s
+
+
+def test_every_gate_and_rollout_setting_has_a_value() -> None:
+    """A field added to the settings fails here until the chart has a value for it."""
+    v = yaml.safe_load((CHART / "values.yaml").read_text())["deployController"]
+
+    def fields(values: dict[str, Any]) -> set[str]:
+        return {re.sub(r"([A-Z])", r"_\1", k).lower() for k in values}
+
+    # device follows deployController.gpu.enabled; policy_file is the rendered policy.
+    assert fields(v["gates"]) == set(GateSettings.model_fields) - {"device"}
+    assert fields(v["gates"]["humanEval"]) == set(HumanEvalSettings.model_fields)
+    assert fields(v["rollout"]) == set(RolloutSettings.model_fields) - {"policy_file"} | {
+        "policy"}
+    assert set(v["rollout"]["policy"]) == set(OnlinePolicy.model_fields)
 
 
 @pytest.mark.parametrize("value", [0, "0", -1, 1.5, "two", "25 %", "0%", "150%", ""])
