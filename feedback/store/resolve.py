@@ -1,16 +1,17 @@
 """Turning a feedback event into rows: resolve choice indices to texts, or reject the event.
 
 Pure functions, no session: given the completion a piece of feedback refers to (or
-``None`` when it carries its own texts), build the ``FeedbackTable`` row with its kind's
-child row attached, or raise :class:`InvalidEvent` when the feedback does not fit the
-completion (a choice index beyond its ``n``) or may not judge it (a user judging a
-completion that another user requested).
+``None`` when it carries its own texts), build the plain rows of the ``feedback`` table and
+its kind's table (:class:`FeedbackRows`, ready for one bulk insert per table), or raise
+:class:`InvalidEvent` when the feedback does not fit the completion (a choice index beyond
+its ``n``) or may not judge it (a user judging a completion that another user requested).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from core.events import (
     Comparison,
@@ -21,16 +22,16 @@ from core.events import (
     Rating,
 )
 from feedback.store.models import (
+    Base,
     ComparisonTable,
-    CompletionTable,
     DemonstrationTable,
-    FeedbackTable,
-    RankingEntryTable,
     RankingTable,
     RatingTable,
 )
 
 Feedback = Ranking | Comparison | Rating | Demonstration
+Row = dict[str, Any]
+"""Column values of one row, keyed by column name."""
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,24 @@ class CompletionView:
         texts = {ch.index: ch.text for ch in c.choices}
         return cls(c.request_id, c.prompt, c.policy_version, texts, c.user)
 
-    @classmethod
-    def of_row(cls, c: CompletionTable) -> CompletionView:
-        texts = {ch.idx: ch.text for ch in c.choices}
-        return cls(c.request_id, c.prompt, c.policy_version, texts, c.user)
-
     def text(self, index: int, field: str) -> str:
         """The text of choice ``index``; InvalidEvent naming ``field`` if there is none."""
         if index not in self.texts:
             raise InvalidEvent(f"{field}: choice {index} does not exist in completion "
                                f"{self.request_id!r}, which has {len(self.texts)} choices")
         return self.texts[index]
+
+
+@dataclass(frozen=True)
+class FeedbackRows:
+    """One piece of feedback as rows. ``feedback`` is the shared row (the database assigns
+    its ``seq``); ``detail`` is the row of ``detail_table`` (the kind's table) and
+    ``entries`` a ranking's ``ranking_entries`` rows, both still without that ``seq``."""
+
+    feedback: Row
+    detail_table: type[Base]
+    detail: Row
+    entries: tuple[Row, ...] = ()
 
 
 def needs_completion(event: Feedback) -> bool:
@@ -82,29 +90,28 @@ def check_may_judge(event: Feedback, completion: CompletionView) -> None:
             f"completion {completion.request_id!r} was requested by another user")
 
 
-def build_feedback_row(event: Feedback, completion: CompletionView | None,
-                       stored_at: datetime) -> FeedbackTable:
-    """The row for one piece of feedback, with resolved texts. Raises InvalidEvent."""
+def build_feedback_rows(event: Feedback, completion: CompletionView | None,
+                        stored_at: datetime) -> FeedbackRows:
+    """The rows for one piece of feedback, with resolved texts. Raises InvalidEvent."""
     if completion is not None and needs_completion(event):
         check_may_judge(event, completion)
-    row = FeedbackTable(
-        event_id=event.event_id, kind=event.type, source=event.source,
-        submitted_by=event.submitted_by, request_id=event.request_id,
-        policy_version=completion.policy_version if completion else None,
-        created_at=event.created_at, stored_at=stored_at)
+    feedback = {
+        "event_id": event.event_id, "kind": event.type, "source": event.source,
+        "submitted_by": event.submitted_by, "request_id": event.request_id,
+        "policy_version": completion.policy_version if completion else None,
+        "created_at": event.created_at, "stored_at": stored_at}
     if isinstance(event, Ranking):
-        row.ranking = _ranking(event, completion)
-    elif isinstance(event, Comparison):
-        row.comparison = _comparison(event, completion)
-    elif isinstance(event, Rating):
-        row.rating = _rating(event, completion)
-    else:
-        row.demonstration = DemonstrationTable(
-            prompt=event.prompt_text(), messages=event.messages, response=event.response)
-    return row
+        detail, entries = _ranking(event, completion)
+        return FeedbackRows(feedback, RankingTable, detail, entries)
+    if isinstance(event, Comparison):
+        return FeedbackRows(feedback, ComparisonTable, _comparison(event, completion))
+    if isinstance(event, Rating):
+        return FeedbackRows(feedback, RatingTable, _rating(event, completion))
+    return FeedbackRows(feedback, DemonstrationTable, {
+        "prompt": event.prompt_text(), "messages": event.messages, "response": event.response})
 
 
-def _ranking(event: Ranking, completion: CompletionView | None) -> RankingTable:
+def _ranking(event: Ranking, completion: CompletionView | None) -> tuple[Row, tuple[Row, ...]]:
     if completion is not None and event.choices is not None:
         prompt = completion.prompt
         responses = [completion.text(i, "choices") for i in event.choices]
@@ -112,28 +119,30 @@ def _ranking(event: Ranking, completion: CompletionView | None) -> RankingTable:
     else:
         prompt, responses = event.prompt or "", list(event.responses or [])
         indices = [None] * len(responses)
-    entries = [RankingEntryTable(position=p, choice_index=i, response=r, rank=k)
-               for p, (i, r, k) in enumerate(zip(indices, responses, event.ranks, strict=True))]
-    return RankingTable(prompt=prompt, entries=entries)
+    entries = tuple({"position": p, "choice_index": i, "response": r, "rank": k}
+                    for p, (i, r, k) in enumerate(zip(indices, responses, event.ranks,
+                                                      strict=True)))
+    return {"prompt": prompt}, entries
 
 
-def _comparison(event: Comparison, completion: CompletionView | None) -> ComparisonTable:
+def _comparison(event: Comparison, completion: CompletionView | None) -> Row:
     if completion is not None and event.choice_a is not None and event.choice_b is not None:
-        return ComparisonTable(
-            prompt=completion.prompt, response_a=completion.text(event.choice_a, "choice_a"),
-            response_b=completion.text(event.choice_b, "choice_b"),
-            choice_a=event.choice_a, choice_b=event.choice_b, preferred=event.preferred)
-    return ComparisonTable(prompt=event.prompt or "", response_a=event.text_a or "",
-                           response_b=event.text_b or "", preferred=event.preferred)
+        return {"prompt": completion.prompt,
+                "response_a": completion.text(event.choice_a, "choice_a"),
+                "response_b": completion.text(event.choice_b, "choice_b"),
+                "choice_a": event.choice_a, "choice_b": event.choice_b,
+                "preferred": event.preferred}
+    return {"prompt": event.prompt or "", "response_a": event.text_a or "",
+            "response_b": event.text_b or "", "choice_a": None, "choice_b": None,
+            "preferred": event.preferred}
 
 
-def _rating(event: Rating, completion: CompletionView | None) -> RatingTable:
+def _rating(event: Rating, completion: CompletionView | None) -> Row:
     if completion is not None and event.choice is not None:
-        response = completion.text(event.choice, "choice")
-        return RatingTable(prompt=completion.prompt, response=response,
-                           choice_index=event.choice, score=event.score, comment=event.comment)
-    return RatingTable(prompt=event.prompt or "", response=event.response or "",
-                       score=event.score, comment=event.comment)
+        return {"prompt": completion.prompt, "response": completion.text(event.choice, "choice"),
+                "choice_index": event.choice, "score": event.score, "comment": event.comment}
+    return {"prompt": event.prompt or "", "response": event.response or "",
+            "choice_index": None, "score": event.score, "comment": event.comment}
 
 
 def comparison_ranks(preferred: str) -> list[int]:

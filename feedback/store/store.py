@@ -13,14 +13,16 @@ known (parked feedback remembers the partition and offset it was read from).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from core.events import (
@@ -32,6 +34,7 @@ from core.events import (
     encode_event,
     event_key,
 )
+from feedback.store.bulk import insert_all, insert_feedback, insert_new, table_of
 from feedback.store.errors import describe, is_transient
 from feedback.store.models import (
     ComparisonTable,
@@ -46,10 +49,15 @@ from feedback.store.models import (
 from feedback.store.resolve import (
     CompletionView,
     Feedback,
-    build_feedback_row,
+    FeedbackRows,
+    Row,
+    build_feedback_rows,
     comparison_ranks,
     needs_completion,
 )
+
+PendingRow = Any
+"""A row of ``pending_feedback`` as read (attribute access by column name)."""
 
 FEEDBACK_KINDS = ("ranking", "comparison", "rating", "demonstration")
 
@@ -204,40 +212,45 @@ class FeedbackStore:
         does not fit its completion is returned in ``result.rejected`` (not stored, not
         marked processed) for the dead-letter topic. Database errors propagate (see
         ``feedback.store.errors`` for which of them are worth a retry).
+
+        Each table gets one bulk insert per batch (``bulk.py``); the counts are the rows the
+        database reports inserted.
         """
         origins = origins or {}
         result = PersistResult()
         now = datetime.now(UTC)
-        with self.engine.connect().execution_options(immediate=True) as conn:
-            with Session(bind=conn) as s, s.begin():
-                self._serialize_writers(s)
-                fresh = self._unseen(s, events, result)
-                completions = [e for e in fresh if isinstance(e, CompletionRecord)]
-                feedback = [e for e in fresh if not isinstance(e, CompletionRecord)]
-                views = self._insert_completions(s, completions, now, result)
-                arrived = dict(views)
-                views.update(self._load_views(s, feedback, views))
-                for fb in feedback:
-                    self._store_feedback(s, fb, views, now, result, origins.get(fb.event_id))
-                self._resolve_pending(s, arrived, now, result)
+        with self._writer() as conn:
+            fresh = self._unseen(conn, events, result)
+            completions = [e for e in fresh if isinstance(e, CompletionRecord)]
+            feedback = [e for e in fresh if not isinstance(e, CompletionRecord)]
+            arrived = self._insert_completions(conn, completions, now, result)
+            views = {**self._load_views(conn, feedback, arrived), **arrived}
+            kept = self._store_feedback(conn, feedback, views, now, result, origins)
+            insert_new(conn, ProcessedEventTable, "event_id",
+                       [{"event_id": e.event_id} for e in completions + kept], ("event_id",))
+            self._resolve_pending(conn, arrived, now, result)
         return result
 
-    def _serialize_writers(self, s: Session) -> None:
-        """On PostgreSQL, one writer at a time, so seq order equals commit order.
+    @contextmanager
+    def _writer(self) -> Iterator[Connection]:
+        """A connection in a write transaction that holds the writers' lock.
 
-        Otherwise a reader could see seq 10 committed while seq 9 is still in flight, and a
-        training snapshot "up to the high-water mark" would silently miss seq 9. (SQLite's
-        BEGIN IMMEDIATE already serializes writers.)
+        On PostgreSQL, one writer at a time, so seq order equals commit order. Otherwise a
+        reader could see seq 10 committed while seq 9 is still in flight, and a training
+        snapshot "up to the high-water mark" would silently miss seq 9. On SQLite, BEGIN
+        IMMEDIATE (the ``immediate`` option) serializes writers.
         """
-        if s.get_bind().dialect.name == "postgresql":
-            s.execute(func.now())  # ensure the transaction has begun
-            s.connection().exec_driver_sql("LOCK TABLE feedback IN SHARE ROW EXCLUSIVE MODE")
+        with self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("LOCK TABLE feedback IN SHARE ROW EXCLUSIVE MODE")
+            yield conn
 
-    def _unseen(self, s: Session, events: Sequence[Event], result: PersistResult) -> list[Event]:
+    def _unseen(self, conn: Connection, events: Sequence[Event],
+                result: PersistResult) -> list[Event]:
         """Events whose event_id is neither stored already nor repeated earlier in the batch."""
         ids = {e.event_id for e in events}
-        seen = set(s.scalars(select(ProcessedEventTable.event_id)
-                             .where(ProcessedEventTable.event_id.in_(ids)))) if ids else set()
+        seen = set(conn.scalars(select(ProcessedEventTable.event_id)
+                                .where(ProcessedEventTable.event_id.in_(ids)))) if ids else set()
         fresh = []
         for e in events:
             if e.event_id in seen:
@@ -247,89 +260,100 @@ class FeedbackStore:
             fresh.append(e)
         return fresh
 
-    def _insert_completions(self, s: Session, completions: list[CompletionRecord],
+    def _insert_completions(self, conn: Connection, completions: list[CompletionRecord],
                             now: datetime, result: PersistResult) -> dict[str, CompletionView]:
-        """Insert new completions; a request_id stored before counts as a duplicate."""
-        ids = [c.request_id for c in completions]
-        existing = set(s.scalars(select(CompletionTable.request_id)
-                                 .where(CompletionTable.request_id.in_(ids)))) if ids else set()
-        views: dict[str, CompletionView] = {}
-        for c in completions:
-            s.add(ProcessedEventTable(event_id=c.event_id))
-            if c.request_id in existing or c.request_id in views:
-                result.duplicates += 1
-                continue
-            s.add(_completion_row(c, now))
-            views[c.request_id] = CompletionView.of_event(c)
-            result.completions += 1
-        return views
+        """Insert new completions and their choices; the views of the ones inserted.
 
-    def _load_views(self, s: Session, feedback: Iterable[Feedback],
+        A request_id stored before (or earlier in the batch) counts as a duplicate.
+        """
+        first: dict[str, CompletionRecord] = {}
+        for c in completions:
+            first.setdefault(c.request_id, c)
+        ids: dict[str, int] = dict(insert_new(  # type: ignore[arg-type]
+            conn, CompletionTable, "request_id",
+            [_completion_values(c, now) for c in first.values()], ("request_id", "id")))
+        insert_all(conn, CompletionChoiceTable, [
+            {"completion_id": ids[rid], "idx": ch.index, "text": ch.text,
+             "finish_reason": ch.finish_reason, "completion_tokens": ch.completion_tokens}
+            for rid, c in first.items() if rid in ids for ch in c.choices])
+        result.completions += len(ids)
+        result.duplicates += len(completions) - len(ids)
+        return {rid: CompletionView.of_event(first[rid]) for rid in ids}
+
+    def _load_views(self, conn: Connection, feedback: Iterable[Feedback],
                     known: dict[str, CompletionView]) -> dict[str, CompletionView]:
+        """The stored completions that feedback of this batch refers to."""
         wanted = {f.request_id for f in feedback
                   if needs_completion(f) and f.request_id not in known}
         if not wanted:
             return {}
-        rows = s.scalars(select(CompletionTable).where(CompletionTable.request_id.in_(wanted)))
-        return {r.request_id: CompletionView.of_row(r) for r in rows}
+        c, ch = CompletionTable, CompletionChoiceTable
+        rows = conn.execute(select(c.id, c.request_id, c.prompt, c.policy_version, c.user)
+                            .where(c.request_id.in_(wanted))).all()
+        texts: dict[int, dict[int, str]] = {r.id: {} for r in rows}
+        for cid, idx, text in conn.execute(select(ch.completion_id, ch.idx, ch.text)
+                                           .where(ch.completion_id.in_(texts))):
+            texts[cid][idx] = text
+        return {r.request_id: CompletionView(r.request_id, r.prompt, r.policy_version,
+                                             texts[r.id], r.user) for r in rows}
 
-    def _store_feedback(self, s: Session, fb: Feedback, views: dict[str, CompletionView],
-                        now: datetime, result: PersistResult, origin: Origin | None) -> None:
-        """Store joined feedback, park it as pending, or reject it into ``result``."""
-        if needs_completion(fb) and fb.request_id not in views:
-            s.add(PendingFeedbackTable(event_id=fb.event_id, request_id=fb.request_id,
-                                       payload=encode_event(fb).decode(), received_at=now,
-                                       source_partition=origin[0] if origin else None,
-                                       source_offset=origin[1] if origin else None))
-            s.add(ProcessedEventTable(event_id=fb.event_id))
-            result.pending += 1
-            return
-        try:
-            row = build_feedback_row(fb, views.get(fb.request_id or ""), now)
-        except InvalidEvent as e:
-            result.rejected.append(_rejection(fb, e.reason, origin))
-            return
-        s.add(row)
-        s.add(ProcessedEventTable(event_id=fb.event_id))
-        result.feedback += 1
+    def _store_feedback(self, conn: Connection, feedback: list[Feedback],
+                        views: dict[str, CompletionView], now: datetime,
+                        result: PersistResult, origins: Mapping[str, Origin]) -> list[Feedback]:
+        """Store joined feedback, park the feedback whose completion is unknown, and reject
+        what does not fit into ``result``; returns the feedback stored or parked."""
+        rows: list[FeedbackRows] = []
+        parked: list[Row] = []
+        kept: list[Feedback] = []
+        for fb in feedback:
+            origin = origins.get(fb.event_id)
+            if needs_completion(fb) and fb.request_id not in views:
+                parked.append(_pending_values(fb, now, origin))
+            else:
+                try:
+                    rows.append(build_feedback_rows(fb, views.get(fb.request_id or ""), now))
+                except InvalidEvent as e:
+                    result.rejected.append(_rejection(fb, e.reason, origin))
+                    continue
+            kept.append(fb)
+        stored = len(insert_feedback(conn, rows))
+        waiting = len(insert_new(conn, PendingFeedbackTable, "event_id", parked, ("id",)))
+        result.feedback += stored
+        result.pending += waiting
+        result.duplicates += len(rows) - stored + len(parked) - waiting
+        return kept
 
-    def _resolve_pending(self, s: Session, arrived: dict[str, CompletionView],
+    def _resolve_pending(self, conn: Connection, arrived: dict[str, CompletionView],
                          now: datetime, result: PersistResult) -> None:
         """Store the pending feedback whose completion arrived in this batch.
 
         Each parked event is written under its own SAVEPOINT, so one that the database
-        refuses is rejected alone instead of failing the completion that resolved it (the
-        completion itself is flushed first, outside any savepoint).
+        refuses is rejected alone instead of failing the completion that resolved it.
         """
         if not arrived:
             return
-        parked = s.scalars(select(PendingFeedbackTable)
-                           .where(PendingFeedbackTable.request_id.in_(arrived))
-                           .order_by(PendingFeedbackTable.id)).all()
-        if parked:
-            s.flush()
+        pending = table_of(PendingFeedbackTable)
+        parked = conn.execute(select(pending).where(pending.c.request_id.in_(arrived))
+                              .order_by(pending.c.id)).all()
         for p in parked:
-            reason = self._resolve_one(s, p, arrived[p.request_id], now)
+            reason = self._resolve_one(conn, p, arrived[p.request_id], now)
             if reason is None:
                 result.resolved += 1
             else:
                 result.rejected.append(_parked_rejection(p, reason))
         if parked:
-            s.execute(delete(PendingFeedbackTable)
-                      .where(PendingFeedbackTable.id.in_([p.id for p in parked])))
+            conn.execute(delete(pending).where(pending.c.id.in_([p.id for p in parked])))
 
-    def _resolve_one(self, s: Session, p: PendingFeedbackTable, completion: CompletionView,
+    def _resolve_one(self, conn: Connection, p: PendingRow, completion: CompletionView,
                      now: datetime) -> str | None:
         """Store one parked event; the reason it cannot be stored, or None when it was."""
         try:
-            fb = decode_event(p.payload.encode())
-            row = build_feedback_row(fb, completion, now)
+            rows = build_feedback_rows(decode_event(p.payload.encode()), completion, now)
         except InvalidEvent as e:
             return e.reason
         try:
-            with s.begin_nested():
-                s.add(row)
-                s.flush()
+            with conn.begin_nested():
+                insert_feedback(conn, [rows])
         except Exception as e:  # noqa: BLE001 - classified: transient ones propagate
             if is_transient(e):
                 raise
@@ -346,25 +370,21 @@ class FeedbackStore:
         or delivered, never lost (a crash between delivery and commit delivers it twice).
         Returns how many expired (at most ``limit`` per call).
         """
-        expired = (select(PendingFeedbackTable)
-                   .where(PendingFeedbackTable.received_at < older_than)
-                   .order_by(PendingFeedbackTable.id).limit(limit))
+        pending = table_of(PendingFeedbackTable)
+        expired = pending.c.received_at < older_than
         with self._sessions() as s:  # cheap check first: no write lock when nothing expired
-            if s.scalar(select(PendingFeedbackTable.id).where(
-                    PendingFeedbackTable.received_at < older_than).limit(1)) is None:
+            if s.scalar(select(pending.c.id).where(expired).limit(1)) is None:
                 return 0
-        with self.engine.connect().execution_options(immediate=True) as conn:
-            with Session(bind=conn) as s, s.begin():
-                self._serialize_writers(s)
-                rows = s.scalars(expired).all()
-                if not rows:
-                    return 0
-                dead_letter([_parked_rejection(
-                    p, f"pending_ttl: completion {p.request_id!r} did not arrive within "
-                       f"the pending TTL (parked since {p.received_at.isoformat()})")
-                    for p in rows])
-                s.execute(delete(PendingFeedbackTable)
-                          .where(PendingFeedbackTable.id.in_([p.id for p in rows])))
+        with self._writer() as conn:
+            rows = conn.execute(select(pending).where(expired)
+                                .order_by(pending.c.id).limit(limit)).all()
+            if not rows:
+                return 0
+            dead_letter([_parked_rejection(
+                p, f"pending_ttl: completion {p.request_id!r} did not arrive within "
+                   f"the pending TTL (parked since {p.received_at.isoformat()})")
+                for p in rows])
+            conn.execute(delete(pending).where(pending.c.id.in_([p.id for p in rows])))
         return len(rows)
 
     # -- reading ---------------------------------------------------------------------------
@@ -443,9 +463,16 @@ class FeedbackStore:
             return _completion_event(row) if row else None
 
 
-def _parked_rejection(p: PendingFeedbackTable, reason: str) -> Rejection:
+def _parked_rejection(p: PendingRow, reason: str) -> Rejection:
     return Rejection(p.event_id, p.payload.encode(), p.request_id.encode(), reason,
                      p.source_partition, p.source_offset)
+
+
+def _pending_values(fb: Feedback, now: datetime, origin: Origin | None) -> Row:
+    return {"event_id": fb.event_id, "request_id": fb.request_id,
+            "payload": encode_event(fb).decode(), "received_at": now,
+            "source_partition": origin[0] if origin else None,
+            "source_offset": origin[1] if origin else None}
 
 
 def _window(q, since: int, until: int | None, seq=FeedbackTable.seq):  # type: ignore[no-untyped-def]
@@ -468,17 +495,13 @@ def _comparison_group(f: FeedbackTable, c: ComparisonTable) -> PreferenceGroup:
                            policy_version=f.policy_version, request_id=f.request_id)
 
 
-def _completion_row(c: CompletionRecord, now: datetime) -> CompletionTable:
-    return CompletionTable(
-        event_id=c.event_id, request_id=c.request_id, policy_version=c.policy_version,
-        model=c.model, endpoint=c.endpoint, prompt=c.prompt, messages=c.messages,
-        sampling_params=c.sampling_params, prompt_tokens=c.prompt_tokens,
-        completion_tokens=c.completion_tokens, user=c.user, purpose=c.purpose,
-        created_at=c.created_at,
-        stored_at=now,
-        choices=[CompletionChoiceTable(idx=ch.index, text=ch.text, finish_reason=ch.finish_reason,
-                                       completion_tokens=ch.completion_tokens)
-                 for ch in c.choices])
+def _completion_values(c: CompletionRecord, now: datetime) -> Row:
+    return {"event_id": c.event_id, "request_id": c.request_id,
+            "policy_version": c.policy_version, "model": c.model, "endpoint": c.endpoint,
+            "prompt": c.prompt, "messages": c.messages, "sampling_params": c.sampling_params,
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "user": c.user, "purpose": c.purpose, "created_at": c.created_at,
+            "stored_at": now}
 
 
 def _completion_event(row: CompletionTable) -> CompletionRecord:

@@ -197,3 +197,34 @@ def test_a_failed_transaction_stores_nothing(feedback_store, n):
         feedback_store.persist(batch + [Rating(prompt="p", response="x", score=1)])
     assert feedback_store.high_water_mark() == 0
     assert feedback_store.counts()["demonstration"] == 0
+
+
+def test_a_batch_larger_than_one_insert_page_keeps_its_order_and_counts(feedback_store):
+    """1,200 rankings: more rows than one multi-row INSERT carries (1,000 per page), so the
+    seqs RETURNING hands back are matched by event_id, not by position."""
+    batch = [Ranking(prompt=f"p{i}", responses=["a", "b", "c"], ranks=[1, 2, 3])
+             for i in range(1200)]
+    result = feedback_store.persist(batch)
+    assert (result.feedback, result.duplicates) == (1200, 0)
+    groups = feedback_store.preference_groups()
+    assert [g.prompt for g in groups] == [f"p{i}" for i in range(1200)]  # seq = batch order
+    assert all(g.responses == ["a", "b", "c"] and g.ranks == [1, 2, 3] for g in groups)
+    again = feedback_store.persist(batch)
+    assert (again.feedback, again.duplicates) == (0, 1200)
+
+
+def test_feedback_already_in_the_table_counts_as_a_duplicate_not_a_second_row(
+        feedback_store):
+    """What persist reports is what the database inserted: a feedback row another writer
+    stored without marking it processed is skipped by its event_id, with no second child."""
+    from sqlalchemy import text
+
+    demo = Demonstration(prompt="p", response="d")
+    with feedback_store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO feedback (event_id, kind, source, created_at, "
+                          "stored_at) VALUES (:e, 'demonstration', 'labeler', :t, :t)"),
+                     {"e": demo.event_id, "t": demo.created_at})
+    result = feedback_store.persist([demo, Demonstration(prompt="q", response="d")])
+    assert (result.feedback, result.duplicates) == (1, 1)
+    assert [d.prompt for d in feedback_store.demonstrations()] == ["q"]
+    assert feedback_store.persist([demo]).duplicates == 1  # marked processed now
