@@ -25,6 +25,7 @@ pytestmark = pytest.mark.helm
 
 REPO = CHART.parents[1]
 DASHBOARD = CHART / "dashboards" / "rlhf.json"
+METRICS_DOC = REPO / "docs" / "metrics.md"
 METRIC_SOURCES = ["serving/metrics.py", "feedback/ingest/metrics.py", "core/producer.py",
                   "training/metrics.py", *sorted(p.relative_to(REPO).as_posix()
                                                  for p in (REPO / "deploy").glob("*.py"))]
@@ -217,6 +218,16 @@ def test_every_queried_label_is_one_of_the_metrics_own() -> None:
             assert query_labels(target["expr"]) <= own, (panel["title"], target["expr"])
             checked += 1
     assert checked >= 30
+
+
+def test_every_exported_and_every_charted_vllm_metric_is_documented() -> None:
+    doc = METRICS_DOC.read_text()
+    ours = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in exported_labels()}
+    charted = {re.sub(r"_(total|bucket|sum|count)$", "", n)
+               for p in _panels(_dashboard()) for t in p.get("targets", [])
+               for n in query_metrics(t["expr"]) if n.startswith("vllm:")}
+    assert len(ours) >= 30 and charted
+    assert {n for n in ours | charted if f"`{n}`" not in doc} == set()
 
 
 def test_the_dashboard_covers_serving_feedback_training_and_deploy() -> None:

@@ -9,8 +9,11 @@ build two engines in one process the way a test session does.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +26,8 @@ from serving.settings import EngineSettings
 from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.engine
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "helm/rlhf/dashboards/rlhf.json"
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -81,6 +86,11 @@ def test_vllm_histograms_are_served_and_count_the_request(server):
     assert [f for f, n in Counter(families).items() if n > 1] == []
     assert any(f.startswith("rlhf:") for f in families)
     assert any(f.startswith("vllm:") for f in families)
+    # Every vLLM series the Grafana dashboard queries is really served.
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    queried = {m for p in panels for t in p.get("targets", [])
+               for m in re.findall(r"vllm:[\w:]+", t["expr"])}
+    assert len(queried) >= 5 and queried <= after.keys(), queried - after.keys()
 
 
 def test_unknown_v1_paths_share_one_unmatched_series(server):
