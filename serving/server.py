@@ -5,9 +5,9 @@ Start-up checks run before the engine loads, so a mistake exits at once with a m
 reach: ``--model`` must be a checkpoint directory; the HTTP and gRPC ports must be free;
 and a server without API keys binds a non-loopback address only with
 ``--allow-open`` (RLHF_AUTH__ALLOW_OPEN=true), since every caller would be admin.
-What the checks cannot see also exits 1: a start-up that fails (the gRPC server binds
-without port sharing, so a port taken after the check fails there) and a model that
-fails to load.
+What the checks cannot see also exits non-zero: a model that fails to load exits 1, and
+a port taken after the check fails start-up (the gRPC server binds without port sharing),
+for which uvicorn exits 3.
 """
 
 from __future__ import annotations
@@ -122,15 +122,13 @@ def serve(settings: ServeSettings) -> None:
 
 
 async def _run(server: uvicorn.Server, runtime: Runtime) -> str | None:
-    """Serve until stopped; why it has to exit 1 (start-up or the model load failed), or
-    None after an ordinary shutdown."""
+    """Serve until stopped; why it has to exit 1 (the model failed to load), or None after
+    an ordinary shutdown. A failed start-up exits from inside ``serve()`` (uvicorn's 3)."""
     watch = asyncio.create_task(_stop_if_load_fails(server, runtime))
     try:
         await server.serve()
     finally:
         watch.cancel()
-    if not server.started:  # uvicorn logged the start-up error (e.g. the gRPC port's)
-        return "rlhf serve did not start; the error is logged above."
     error = None if watch.cancelled() or not watch.done() else watch.result()
     if error is not None:
         return (f"Loading the model {runtime.policy.path} failed, so rlhf serve stopped: "
