@@ -25,10 +25,12 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.producer.future import FutureRecordMetadata
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from core.errors import BrokerUnavailable
@@ -83,17 +85,92 @@ def make_producer(kafka: KafkaSettings) -> KafkaProducer:
 
 
 def _close_quietly(producer: KafkaProducer | None) -> None:
-    """Drop a producer whose state may be stale (broker gone, or replaced by a new one)."""
+    """Drop a producer whose state may be stale (broker gone, or replaced by a new one).
+
+    Never blocks the caller. kafka-python's ``close`` flushes first and raises while records
+    are still in flight (``close(timeout=0)`` would leave its I/O thread running until
+    garbage collection), so a daemon thread closes it once those records are acknowledged
+    or expired, which ``delivery_timeout_ms`` bounds.
+    """
     if producer is None:
         return
+    timeout = producer.config.get("delivery_timeout_ms", 120_000) / 1000 + 1
+    threading.Thread(target=_close, args=(producer, timeout), name="kafka-producer-close",
+                     daemon=True).start()
+
+
+def _close(producer: KafkaProducer, timeout: float) -> None:
     try:
-        producer.close(timeout=0)
+        producer.close(timeout=timeout)
     except Exception:  # noqa: BLE001 - closing a broken producer must not raise
         log.debug("closing producer failed", exc_info=True)
 
 
+class _Acks:
+    """kafka-python's send futures for one batch, bridged to ONE asyncio future.
+
+    The record futures complete on the producer's I/O thread; the last ack (or the first
+    failure) settles the batch with a single ``loop.call_soon_threadsafe``, so a batch of
+    N records wakes the event loop once, not N times. The asyncio future's result is
+    ``None`` when every record was acknowledged, else ``(index, exception)`` of the first
+    record that failed.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, records: int):
+        self.loop = loop
+        self.future: asyncio.Future[tuple[int, BaseException] | None] = loop.create_future()
+        self._left = records
+        self._settled = False
+        self._lock = threading.Lock()
+
+    def watch(self, index: int, record: FutureRecordMetadata) -> None:
+        record.add_callback(self._acked)
+        record.add_errback(self._failed, index)
+
+    def _acked(self, _metadata: object) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left or self._settled:
+                return
+            self._settled = True
+        self._settle(None)
+
+    def _failed(self, index: int, error: BaseException) -> None:
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        self._settle((index, error))
+
+    def _settle(self, outcome: tuple[int, BaseException] | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._resolve, outcome)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    def _resolve(self, outcome: tuple[int, BaseException] | None) -> None:
+        if not self.future.done():  # not cancelled or timed out meanwhile
+            self.future.set_result(outcome)
+
+
+def _knows_topic(producer: KafkaProducer, topic: str) -> bool:
+    """Whether ``producer.send(topic, …)`` returns at once instead of blocking on metadata.
+
+    ``send`` blocks (up to ``max_block_ms``) only while the topic's partitions are unknown;
+    this is the very check it makes. Unknown (or a kafka-python without ``_metadata``)
+    means: warm the producer up off the event loop first.
+    """
+    metadata = getattr(producer, "_metadata", None)
+    return metadata is not None and metadata.partitions_for_topic(topic) is not None
+
+
 class FeedbackPublisher:
     """Publishes feedback and returns only after the broker acknowledged it.
+
+    ``publish_batch`` calls ``producer.send`` on the event loop and awaits kafka-python's
+    own send futures (:class:`_Acks`), so any number of publishes share the producer's
+    I/O thread and its batching; no thread waits per request. Only what can block runs in
+    a worker thread: building the producer and the first metadata fetch of a topic.
 
     The producer is built lazily and rebuilt after any failure, so a server that started
     while the broker was down recovers on its own once the broker is back.
@@ -105,6 +182,8 @@ class FeedbackPublisher:
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
         self._failed_at = float("-inf")
+        self._warming: dict[tuple[asyncio.AbstractEventLoop, str],
+                            asyncio.Future[KafkaProducer]] = {}
 
     async def publish(self, topic: str, event: EventBase) -> None:
         """Send one event and wait for its ack; BrokerUnavailable within the timeout."""
@@ -113,32 +192,85 @@ class FeedbackPublisher:
     async def publish_batch(self, topic: str, events: Sequence[EventBase]) -> None:
         """Send events and wait until all are acknowledged (the batch API's 202).
 
-        Raises BrokerUnavailable (retry later) or RecordTooLarge (never retry).
+        Raises BrokerUnavailable (retry later) or RecordTooLarge (never retry), each
+        within about the settings' timeout (twice it while a producer is being built).
         """
+        if not events:
+            return
+        producer = await self._ready_producer(topic)
+        acks = self._send(producer, topic, events)
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._send_and_wait, topic, events),
-                                   timeout=self._timeout_s * 2 + 1)
+            failure = await asyncio.wait_for(acks.future, timeout=self._timeout_s)
         except TimeoutError:
-            self._reset()
-            raise BrokerUnavailable(f"no ack from Kafka within {self._timeout_s:.1f}s") from None
+            self._reset(producer)
+            raise BrokerUnavailable(
+                f"no ack from Kafka at {self._kafka.bootstrap_servers} within "
+                f"{self._timeout_s:.1f}s") from None
+        if failure is not None:
+            self._raise_for(producer, events, *failure)
 
-    def _send_and_wait(self, topic: str, events: Sequence[EventBase]) -> None:
-        """Blocking core of publish: every wait is bounded by the settings' timeout."""
-        index = 0
+    def _send(self, producer: KafkaProducer, topic: str,
+              events: Sequence[EventBase]) -> _Acks:
+        """Hand every event to the producer (non-blocking: the topic's metadata is known)."""
+        acks = _Acks(asyncio.get_running_loop(), len(events))
+        for index, e in enumerate(events):
+            try:
+                record = producer.send(topic, key=event_key(e), value=encode_event(e),
+                                       headers=event_headers(e))
+            except KafkaError as error:
+                self._raise_for(producer, events, index, error)
+            acks.watch(index, record)
+        return acks
+
+    def _raise_for(self, producer: KafkaProducer, events: Sequence[EventBase], index: int,
+                   error: BaseException) -> NoReturn:
+        """RecordTooLarge for a record Kafka refuses by size (the producer is fine);
+        otherwise drop the producer and raise BrokerUnavailable."""
+        if isinstance(error, MessageSizeTooLargeError):
+            raise RecordTooLarge(index, record_size(events[index]), f"({error})") from error
+        self._reset(producer)
+        raise BrokerUnavailable(f"Kafka at {self._kafka.bootstrap_servers}: {error}") from error
+
+    async def _ready_producer(self, topic: str) -> KafkaProducer:
+        """The shared producer, ready to send to ``topic`` without blocking the loop.
+
+        Callers that find it not ready share one warm-up (one worker thread), so a burst of
+        requests against a broker that is down fails together within one timeout.
+        """
+        producer = self._producer
+        if producer is not None and _knows_topic(producer, topic):
+            return producer
+        key = (asyncio.get_running_loop(), topic)
+        warming = self._warming.get(key)
+        if warming is None:
+            warming = self._warming[key] = asyncio.ensure_future(self._warm(topic))
+            warming.add_done_callback(partial(self._forget_warm_up, key))
+        return await asyncio.shield(warming)  # one caller's cancellation spares the rest
+
+    def _forget_warm_up(self, key: tuple[asyncio.AbstractEventLoop, str],
+                        warming: asyncio.Future[KafkaProducer]) -> None:
+        self._warming.pop(key, None)
+        if not warming.cancelled():
+            warming.exception()  # retrieved: its callers (if any are left) got it
+
+    async def _warm(self, topic: str) -> KafkaProducer:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._warm_producer, topic),
+                                          timeout=self._timeout_s * 2 + 1)
+        except TimeoutError:
+            self._reset(self._producer)
+            raise BrokerUnavailable(f"Kafka at {self._kafka.bootstrap_servers} did not "
+                                    f"answer within {self._timeout_s * 2:.1f}s") from None
+
+    def _warm_producer(self, topic: str) -> KafkaProducer:
+        """Blocking: build the producer if needed and fetch ``topic``'s metadata."""
+        producer = None
         try:
             producer = self._get_producer()
-            futures = []
-            for index in range(len(events)):
-                e = events[index]
-                futures.append(producer.send(topic, key=event_key(e), value=encode_event(e),
-                                             headers=event_headers(e)))
-            deadline = time.monotonic() + self._timeout_s
-            for index in range(len(futures)):
-                futures[index].get(timeout=max(0.0, deadline - time.monotonic()))
-        except MessageSizeTooLargeError as e:  # the producer is fine; the event is not
-            raise RecordTooLarge(index, record_size(events[index]), f"({e})") from e
+            producer.partitions_for(topic)  # bounded by max_block_ms
+            return producer
         except KafkaError as e:
-            self._reset()
+            self._reset(producer)
             raise BrokerUnavailable(f"Kafka at {self._kafka.bootstrap_servers}: {e}") from e
 
     def _get_producer(self) -> KafkaProducer:
@@ -160,9 +292,14 @@ class FeedbackPublisher:
                     raise
             return self._producer
 
-    def _reset(self) -> None:
+    def _reset(self, producer: KafkaProducer | None) -> None:
+        """Drop ``producer`` if it is still the shared one (not one already replaced)."""
+        if producer is None:
+            return
         with self._lock:
-            producer, self._producer = self._producer, None
+            if self._producer is not producer:
+                return
+            self._producer = None
         _close_quietly(producer)
 
     def close(self, timeout: float = 5.0) -> None:

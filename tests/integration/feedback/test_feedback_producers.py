@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from core.errors import BrokerUnavailable
 from core.events import Demonstration, decode_event
-from core.producer import CompletionLogPublisher, FeedbackPublisher
+from core.producer import CompletionLogPublisher, FeedbackPublisher, RecordTooLarge
 from tests.fixtures.events import completion
 from tests.fixtures.kafka import read_topic, wait_for
 
@@ -47,6 +48,40 @@ async def test_feedback_publisher_built_while_the_broker_is_down_fails_fast(kafk
           for _ in range(5)], return_exceptions=True)
     assert all(isinstance(r, BrokerUnavailable) for r in results), results
     assert time.monotonic() - started < 8
+    publisher.close()
+
+
+async def test_many_publishes_in_flight_await_the_acks_without_a_thread_each(kafka_broker):
+    """200 publishes at once: each returns only once its event is on the broker, and they
+    share the producer's I/O thread; only the first (the producer's build and the topic's
+    metadata) runs in a worker thread. A thread per send would need the default pool's
+    min(32, cores + 4) workers."""
+    kafka = kafka_broker.kafka
+    publisher = FeedbackPublisher(kafka)
+    demos = [Demonstration(prompt=f"p{i}", response="r") for i in range(200)]
+    before = set(threading.enumerate())
+    await asyncio.gather(*[publisher.publish(kafka.topics.feedback, d) for d in demos])
+    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("asyncio_")]
+    assert len(workers) <= 1, [t.name for t in workers]
+    records = read_topic(kafka, kafka.topics.feedback, expected=200)
+    assert {decode_event(r.value).event_id for r in records} == {d.event_id for d in demos}
+    publisher.close()
+
+
+async def test_a_record_too_large_for_the_producer_names_its_index_and_spares_the_rest(
+        kafka_broker):
+    kafka = kafka_broker.kafka
+    publisher = FeedbackPublisher(kafka)
+    small = Demonstration(prompt="p", response="r")
+    huge = Demonstration(prompt="p", response="\U0001d11e" * 300_000)  # 1.2 MB of UTF-8
+    with pytest.raises(RecordTooLarge) as exc:
+        await publisher.publish_batch(kafka.topics.feedback, [small, huge])
+    assert exc.value.index == 1 and exc.value.size > 1 << 20
+    after = Demonstration(prompt="after", response="r")
+    await publisher.publish(kafka.topics.feedback, after)  # the producer was kept
+    ids = {decode_event(r.value).event_id for r in read_topic(kafka, kafka.topics.feedback,
+                                                                expected=2)}
+    assert ids == {small.event_id, after.event_id}
     publisher.close()
 
 
