@@ -117,6 +117,11 @@ class VllmEngine:
             self.collectors: Sequence[Collector] = _registered_vllm_collectors()
         self.max_model_len = self._llm.model_config.max_model_len
 
+    @property
+    def client(self) -> Any:
+        """The ``AsyncLLM`` itself: vLLM's OpenAI serving classes run on it."""
+        return self._llm
+
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[RequestOutput]:
         from vllm.inputs import TokensPrompt

@@ -15,7 +15,7 @@ from core.auth import KeyRing
 from core.errors import EngineUnavailable
 from serving.engine import Engine, VllmEngine
 from serving.handlers.feedback import FeedbackHandler, RecentCompletions, RememberingSink
-from serving.handlers.generation import GenerationHandler
+from serving.handlers.openai import OpenAIHandler
 from serving.handlers.policy import PolicyState
 from serving.metrics import ServingMetrics
 from serving.settings import ServeSettings
@@ -32,7 +32,7 @@ class Runtime:
         self.model_name = settings.served_model_name or Path(model_path).name
         self.keyring = KeyRing.from_settings(settings.auth)
         self.engine: Engine | None = None
-        self.generation: GenerationHandler | None = None
+        self.generation: OpenAIHandler | None = None
         self.recent = RecentCompletions()
         self.sink, self.publisher = self._event_publishers(settings)
         self.feedback = FeedbackHandler(self.publisher, settings.kafka.topics.feedback,
@@ -55,7 +55,7 @@ class Runtime:
             registry=self.metrics.registry)
         return RememberingSink(log_publisher, self.recent), FeedbackPublisher(settings.kafka)
 
-    def generation_handler(self) -> GenerationHandler:
+    def generation_handler(self) -> OpenAIHandler:
         """The generation handler; 503 while the model is still loading (or failed to)."""
         if self.generation is None:
             raise EngineUnavailable("The model is still loading; retry when /ready says so.")
@@ -66,18 +66,16 @@ class Runtime:
 
     async def _load(self) -> None:
         try:
-            from transformers import AutoTokenizer
-
             path = self.policy.path
-            tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
             engine = await asyncio.to_thread(VllmEngine, path, self.settings.engine)
             self.engine = engine
             self.metrics.bind_engine(engine)
-            self.generation = GenerationHandler(
-                engine, tokenizer, self.model_name, self.policy, self.metrics, sink=self.sink,
-                default_max_tokens=self.settings.default_max_tokens,
+            stats = engine.stats
+            self.generation = OpenAIHandler(
+                engine.client, self.model_name, path, self.policy, self.metrics,
+                sink=self.sink, default_max_tokens=self.settings.default_max_tokens,
                 max_waiting=self.settings.engine.max_waiting_requests,
-                limits=self.settings.limits)
+                limits=self.settings.limits, waiting=lambda: stats.waiting)
             self.policy.loaded = True
             log.info("Serving %s (policy %s)", self.model_name, self.policy.version)
         except Exception as exc:  # surfaced by /health and the process exit code

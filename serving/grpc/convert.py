@@ -37,53 +37,55 @@ def to_request(msg: pb.GenerateRequest,
     return p.CompletionRequest(prompt=prompt, logprobs=logprobs, **common)
 
 
-def _completion_logprobs(lp: p.CompletionLogProbs | None) -> list[pb.TokenLogprobs]:
-    if lp is None:
+def _logprobs(lp: dict[str, Any] | None) -> list[pb.TokenLogprobs]:
+    """Completion logprobs (token lists) or chat logprobs (``content`` entries)."""
+    if not lp:
         return []
+    if "content" in lp:
+        return [pb.TokenLogprobs(
+            sampled=pb.TokenLogprob(token=t["token"], logprob=_finite(t["logprob"])),
+            top=[pb.TokenLogprob(token=a["token"], logprob=_finite(a["logprob"]))
+                 for a in t.get("top_logprobs") or ()])
+            for t in lp["content"] or ()]
     return [pb.TokenLogprobs(
-        sampled=pb.TokenLogprob(token=tok, logprob=logprob or 0.0),
-        top=[pb.TokenLogprob(token=t, logprob=v) for t, v in (top or {}).items()])
-        for tok, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True)]
+        sampled=pb.TokenLogprob(token=tok, logprob=_finite(logprob)),
+        top=[pb.TokenLogprob(token=t, logprob=_finite(v)) for t, v in (top or {}).items()])
+        for tok, logprob, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                     strict=True)]
 
 
-def _chat_logprobs(lp: p.ChatLogProbs | None) -> list[pb.TokenLogprobs]:
-    if lp is None or lp.content is None:
-        return []
-    return [pb.TokenLogprobs(
-        sampled=pb.TokenLogprob(token=t.token, logprob=t.logprob),
-        top=[pb.TokenLogprob(token=a.token, logprob=a.logprob) for a in t.top_logprobs])
-        for t in lp.content]
+def _finite(value: float | None) -> float:
+    return -9999.0 if value is None or value == float("-inf") else value
 
 
-def to_choice(c: p.CompletionChoice | p.ChatChoice | p.ChatStreamChoice) -> pb.Choice:
-    if isinstance(c, p.CompletionChoice):
-        text, logprobs = c.text, _completion_logprobs(c.logprobs)
-    elif isinstance(c, p.ChatChoice):
-        text, logprobs = c.message.content or "", _chat_logprobs(c.logprobs)
+def to_choice(c: dict[str, Any]) -> pb.Choice:
+    """A choice of any of the four OpenAI shapes (completion/chat, final/delta)."""
+    if "text" in c:
+        text = c["text"]
     else:
-        text, logprobs = c.delta.content or "", _chat_logprobs(c.logprobs)
-    return pb.Choice(index=c.index, text=text, finish_reason=c.finish_reason or "",
-                     logprobs=logprobs)
+        text = (c.get("message") or c.get("delta") or {}).get("content") or ""
+    return pb.Choice(index=c["index"], text=text, finish_reason=c.get("finish_reason") or "",
+                     logprobs=_logprobs(c.get("logprobs")))
 
 
-def to_usage(u: p.UsageInfo | None) -> pb.Usage | None:
-    if u is None:
+def to_usage(u: dict[str, Any] | None) -> pb.Usage | None:
+    if not u:
         return None
-    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                    total_tokens=u.total_tokens)
+    return pb.Usage(prompt_tokens=u["prompt_tokens"], completion_tokens=u.get(
+        "completion_tokens") or 0, total_tokens=u["total_tokens"])
 
 
-def to_response(r: p.CompletionResponse | p.ChatCompletionResponse) -> pb.GenerateResponse:
+def to_response(r: dict[str, Any]) -> pb.GenerateResponse:
     return pb.GenerateResponse(
-        request_id=r.id, model=r.model, policy_version=r.policy_version, created=r.created,
-        choices=[to_choice(c) for c in r.choices], usage=to_usage(r.usage))
+        request_id=r["id"], model=r["model"], policy_version=r["policy_version"],
+        created=r["created"], choices=[to_choice(c) for c in r["choices"]],
+        usage=to_usage(r.get("usage")))
 
 
-def to_stream_response(r: p.CompletionStreamResponse | p.ChatCompletionStreamResponse,
-                       ) -> pb.GenerateStreamResponse:
+def to_stream_response(r: dict[str, Any]) -> pb.GenerateStreamResponse:
     return pb.GenerateStreamResponse(
-        request_id=r.id, model=r.model, policy_version=r.policy_version,
-        choices=[to_choice(c) for c in r.choices], usage=to_usage(r.usage))
+        request_id=r["id"], model=r["model"], policy_version=r["policy_version"],
+        choices=[to_choice(c) for c in r["choices"]], usage=to_usage(r.get("usage")))
 
 
 def to_models(models: p.ModelList) -> pb.ListModelsResponse:

@@ -3,7 +3,8 @@
 Every servicer method is wrapped in :func:`grpc_errors`: an :class:`~core.errors.ApiError`
 aborts with its ``grpc_code`` (the same type HTTP renders as OpenAI JSON), a pydantic
 ``ValidationError`` from converting the request aborts with INVALID_ARGUMENT naming the
-field. Anything else is a bug and surfaces as grpc's own INTERNAL.
+field, and an error vLLM's request models raise while validating (``VLLMError``) maps as
+it does on HTTP. Anything else is a bug and surfaces as grpc's own INTERNAL.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any, TypeVar
 
 import grpc
 from pydantic import ValidationError
+from vllm.exceptions import VLLMError
 
 from core.errors import ApiError, grpc_message
 from core.events import describe_validation_error
+from serving.handlers.openai import as_api_error
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -38,5 +41,7 @@ def grpc_errors(method: F) -> F:
             return await method(self, request, context)
         except (ApiError, ValidationError) as exc:
             await abort_with(context, exc)
+        except VLLMError as exc:
+            await abort_with(context, as_api_error(exc))
 
     return wrapper  # type: ignore[return-value]

@@ -10,6 +10,8 @@ with ``purpose="eval"``; ``x-rlhf-store: false`` does not log it at all.
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from pydantic import TypeAdapter
 
@@ -21,7 +23,7 @@ from protos.rlhf.v1 import inference_pb2 as pb
 from serving import protocol as p
 from serving.grpc import convert
 from serving.grpc.errors import grpc_errors
-from serving.handlers.generation import RequestContext
+from serving.handlers.openai import RequestContext, stream_error
 from serving.http.middleware import client_request_id, is_eval, new_request_id
 from serving.runtime import Runtime
 
@@ -67,14 +69,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         req = _request(request, context, stream=False)
         ctx = _context(request, context, caller)
         handler = self.runtime.generation_handler()
-        if isinstance(req, p.ChatCompletionRequest):
-            result: p.CompletionResponse | p.ChatCompletionResponse = \
-                await handler.chat(req, ctx)
-        else:
-            result = await handler.complete(req, ctx)
+        result = await (handler.chat(req, ctx) if isinstance(req, p.ChatCompletionRequest)
+                        else handler.complete(req, ctx))
         await context.send_initial_metadata(
             (("x-policy-version", result.policy_version), *_echo(ctx)))
-        return convert.to_response(result)
+        return convert.to_response(result.body)
 
     @grpc_errors
     async def GenerateStream(self, request, context) -> None:
@@ -88,9 +87,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             ctx = _context(request, context, caller)
             context.set_trailing_metadata(_echo(ctx))
             handler = self.runtime.generation_handler()
-            chunks = handler.chat_stream(req, ctx) if isinstance(req, p.ChatCompletionRequest) \
-                else handler.complete_stream(req, ctx)
-            async for chunk in chunks:
+            result = await (handler.chat(req, ctx) if isinstance(req, p.ChatCompletionRequest)
+                            else handler.complete(req, ctx))
+            chunks = result.stream
+            assert chunks is not None
+            async for line in chunks:
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise stream_error(chunk["error"])
                 await context.write(convert.to_stream_response(chunk))
         finally:
             if chunks is not None:
@@ -99,7 +105,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     @grpc_errors
     async def ListModels(self, request, context):
         _caller(self.keyring, context)
-        return convert.to_models(self.runtime.generation_handler().models())
+        return convert.to_models(await self.runtime.generation_handler().models())
 
 
 class FeedbackServicer(feedback_pb2_grpc.FeedbackServicer):

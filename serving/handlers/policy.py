@@ -13,6 +13,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 
+class Lease:
+    """One admitted request's hold on the served version, released exactly once."""
+
+    def __init__(self, state: PolicyState):
+        self._state = state
+        self.version = state.version
+        self.started = time.perf_counter()
+        self._held = True
+
+    def release(self, outcome: str | None) -> None:
+        """Let a swap proceed; ``outcome`` (ok, error, aborted) is observed per version,
+        None observes nothing (a request refused as invalid was never answered)."""
+        if not self._held:
+            return
+        self._held = False
+        state = self._state
+        if outcome is not None and state.observer is not None:
+            state.observer(self.version, time.perf_counter() - self.started, outcome)
+        state._active -= 1
+        if state._active == 0:
+            state._drained.set()
+
+
 class PolicyState:
     def __init__(self, version: str, path: str):
         self.version = version
@@ -21,7 +44,8 @@ class PolicyState:
         self._open = asyncio.Event()
         self._open.set()
         self._active = 0
-        self._idle = asyncio.Condition()
+        self._drained = asyncio.Event()
+        self._drained.set()
         self.observer: Callable[[str, float, str], None] | None = None
         """Called once per admitted request: (version, seconds, ok | error | aborted)."""
 
@@ -33,24 +57,26 @@ class PolicyState:
     def ready(self) -> bool:
         return self.loaded and not self.swapping
 
+    async def lease(self) -> Lease:
+        """Wait while a swap runs, then hold the served version until ``release``."""
+        await self._open.wait()
+        self._active += 1
+        self._drained.clear()
+        return Lease(self)
+
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[str]:
         """Hold the served version for the lifetime of one request."""
-        await self._open.wait()
-        self._active += 1
-        version, started, outcome = self.version, time.perf_counter(), "error"
+        lease = await self.lease()
+        outcome = "error"
         try:
-            yield version
+            yield lease.version
             outcome = "ok"
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "aborted"
             raise
         finally:
-            if self.observer is not None:
-                self.observer(version, time.perf_counter() - started, outcome)
-            self._active -= 1
-            async with self._idle:
-                self._idle.notify_all()
+            lease.release(outcome)
 
     async def swap(self, version: str, path: str,
                    do_swap: Callable[[], Awaitable[None]]) -> None:
@@ -60,8 +86,7 @@ class PolicyState:
         """
         self._open.clear()
         try:
-            async with self._idle:
-                await self._idle.wait_for(lambda: self._active == 0)
+            await self._drained.wait()
             await do_swap()
             self.version, self.path = version, path
         finally:

@@ -10,7 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.errors import error_body
 from core.http import install_error_handlers
+from serving.handlers.openai import as_api_error
 from serving.http.admin import router as admin_router
 from serving.http.feedback import router as feedback_router
 from serving.http.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -58,10 +60,21 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     install_error_handlers(app, openai_paths=OPENAI_PATHS)
+    from vllm.exceptions import VLLMError
+
+    app.add_exception_handler(VLLMError, vllm_error)
     # Added last is outermost: ids and metrics wrap the size limit, so a 413 has both.
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.http.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, metrics=runtime.metrics)
     return app
+
+
+async def vllm_error(request: Request, exc: Exception) -> JSONResponse:
+    """An error vLLM's request models raise while FastAPI parses the body (e.g. "either
+    prompt or prompt_embeds must be provided"): a 4xx naming the field, not a 500."""
+    err = as_api_error(exc)
+    request_id = request.scope.get("state", {}).get("request_id")
+    return JSONResponse(error_body(err, request_id=request_id), status_code=err.status)
 
 
 async def health(request: Request) -> JSONResponse:

@@ -4,21 +4,21 @@ leaves, and server-sent events that abort their engine request when the client l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from collections.abc import Awaitable
 
 import anyio
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serving import protocol as p
+from serving.handlers.openai import Answer
 
 POLICY_HEADER = "X-Policy-Version"
 
 
-async def json_or_abort(work: Awaitable[p.PolicyStamped], request: Request) -> JSONResponse:
-    """Run the handler, but abort it (and its engine request) if the client disconnects."""
+async def answer(work: Awaitable[Answer], request: Request) -> Response:
+    """Run the handler, but abort it (and its engine requests) if the client disconnects
+    first; then answer JSON, or stream the handler's SSE lines. Validation errors are
+    raised before a stream starts, so they are real HTTP errors."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -26,31 +26,17 @@ async def json_or_abort(work: Awaitable[p.PolicyStamped], request: Request) -> J
         task.cancel()
         return JSONResponse({}, status_code=499)
     watcher.cancel()
-    body = task.result()
-    return JSONResponse(body.model_dump(), headers={POLICY_HEADER: body.policy_version})
+    result = task.result()
+    headers = {POLICY_HEADER: result.policy_version}
+    if result.stream is not None:
+        return ClosingStreamingResponse(result.stream, media_type="text/event-stream",
+                                        headers=headers)
+    return JSONResponse(result.body, headers=headers)
 
 
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-async def sse(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
-    """Pull the first chunk before answering, so errors are real HTTP errors and the
-    version header is the one that generated the stream."""
-    first: Any = await anext(chunks)
-
-    async def events():
-        try:
-            yield f"data: {first.model_dump_json(exclude_none=True)}\n\n"
-            async for chunk in chunks:
-                yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            await chunks.aclose()  # on disconnect this aborts the engine request
-
-    return ClosingStreamingResponse(events(), media_type="text/event-stream",
-                                    headers={POLICY_HEADER: first.policy_version})
 
 
 class ClosingStreamingResponse(StreamingResponse):

@@ -193,8 +193,7 @@ async def test_grpc_channel_statuses(tmp_path) -> None:
             assert await status_of(request) == grpc.StatusCode.UNAUTHENTICATED
             user = (("authorization", "Bearer sk-user"),)
             assert await status_of(request, user) == grpc.StatusCode.UNAVAILABLE  # loading
-            bad = pb.GenerateRequest(prompt="hi")
-            bad.sampling.temperature = -1.0
+            bad = pb.GenerateRequest(prompt="")  # refused by the request model, before loading
             assert await status_of(bad, user) == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await server.stop(0)

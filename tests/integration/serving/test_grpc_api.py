@@ -35,7 +35,7 @@ def test_unary_generate_carries_ids_and_all_choices(stub):
     resp, call = stub.Generate.with_call(pb.GenerateRequest(
         model="tiny", prompt="Tell me about the sea", request_id="grpc-req-1",
         sampling=_sampling(n=3, max_tokens=5, ignore_eos=True, logprobs=1)))
-    assert resp.request_id != "grpc-req-1" and resp.request_id.startswith("req-")
+    assert resp.request_id != "grpc-req-1" and resp.request_id.startswith("cmpl-")
     assert dict(call.initial_metadata())["x-request-id"] == "grpc-req-1"
     assert resp.policy_version == "base"
     assert dict(call.initial_metadata())["x-policy-version"] == "base"

@@ -87,7 +87,6 @@ def _assert_error(r: httpx.Response, status: int, param: str) -> dict:
     ({"min_tokens": 20}, "min_tokens"),  # more than the default max_tokens
     ({"seed": 2**64}, "seed"),
     ({"seed": 2**63}, "seed"),
-    ({"top_k": 10**12}, "top_k"),
 ])
 def test_out_of_range_sampling_values_are_400_naming_the_field(stack, body, param):
     _, server, _ = stack

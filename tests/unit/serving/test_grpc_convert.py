@@ -1,6 +1,8 @@
-"""gRPC conversion: protobuf in, the same pydantic requests HTTP validates, protobuf out."""
+"""gRPC conversion: protobuf in, the same request models HTTP validates, protobuf out."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from pydantic import ValidationError
@@ -30,27 +32,38 @@ def test_token_ids_and_messages() -> None:
     chat.sampling.logprobs = 2
     req = convert.to_request(chat, stream=True)
     assert isinstance(req, p.ChatCompletionRequest)
-    assert [m.content for m in req.messages] == ["hi"]
+    assert [m["content"] for m in req.messages] == ["hi"]
     assert (req.logprobs, req.top_logprobs, req.stream) == (True, 2, True)
     assert req.stream_options is not None and req.stream_options.include_usage
 
 
 def test_invalid_values_fail_validation_naming_the_field() -> None:
     msg = pb.GenerateRequest(prompt="hi")
-    msg.sampling.temperature = -1.0
+    msg.sampling.temperature = math.nan
     with pytest.raises(ValidationError, match="temperature"):
         convert.to_request(msg, stream=False)
 
 
 def test_a_response_round_trips_into_protobuf() -> None:
-    response = p.CompletionResponse(
-        id="cmpl-1", model="tiny", policy_version="policy-0003",
-        choices=[p.CompletionChoice(index=0, text="good", finish_reason="stop"),
-                 p.CompletionChoice(index=1, text="bad", finish_reason=None)],
-        usage=p.UsageInfo(prompt_tokens=3, completion_tokens=2, total_tokens=5))
+    response = {"id": "cmpl-1", "model": "tiny", "policy_version": "policy-0003",
+                "created": 7, "choices": [
+                    {"index": 0, "text": "good", "finish_reason": "stop", "logprobs": None},
+                    {"index": 1, "text": "bad", "finish_reason": None, "logprobs": None}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
     out = convert.to_response(response)
     assert (out.request_id, out.model, out.policy_version) == ("cmpl-1", "tiny", "policy-0003")
     assert [(c.index, c.text, c.finish_reason) for c in out.choices] == \
         [(0, "good", "stop"), (1, "bad", "")]
     assert (out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.total_tokens) == \
         (3, 2, 5)
+
+
+def test_chat_chunks_and_logprobs_convert() -> None:
+    chunk = {"id": "chatcmpl-1", "model": "tiny", "policy_version": "v", "choices": [
+        {"index": 0, "delta": {"content": "hi"}, "finish_reason": None,
+         "logprobs": {"content": [{"token": "hi", "logprob": -0.5,
+                                   "top_logprobs": [{"token": "yo", "logprob": -1.0}]}]}}]}
+    out = convert.to_stream_response(chunk)
+    assert out.choices[0].text == "hi"
+    assert out.choices[0].logprobs[0].sampled.logprob == -0.5
+    assert out.choices[0].logprobs[0].top[0].token == "yo"
