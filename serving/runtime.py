@@ -75,7 +75,8 @@ class Runtime:
                 engine.client, self.model_name, path, self.policy, self.metrics,
                 sink=self.sink, default_max_tokens=self.settings.default_max_tokens,
                 max_waiting=self.settings.engine.max_waiting_requests,
-                limits=self.settings.limits, waiting=lambda: stats.waiting)
+                limits=self.settings.limits, waiting=lambda: stats.waiting,
+                options=self.settings.openai)
             self.policy.loaded = True
             log.info("Serving %s (policy %s)", self.model_name, self.policy.version)
         except Exception as exc:  # surfaced by /health and the process exit code

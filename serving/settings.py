@@ -73,6 +73,20 @@ class EngineSettings(BaseModel):
                                 "sizes it from gpu_memory_utilization).")
 
 
+class OpenAISettings(BaseModel):
+    """vLLM's OpenAI serving options this platform exposes (same names as vLLM's flags)."""
+
+    chat_template: str | None = Field(
+        None, description="Chat template file or inline Jinja; the model's own when unset.")
+    tool_call_parser: str | None = Field(
+        None, description="vLLM tool parser (e.g. hermes, llama3_json, mistral); needed "
+                          "for `tool_choice` naming a function or `auto`.")
+    enable_auto_tool_choice: bool = Field(
+        False, description="Allow `tool_choice: auto` (needs tool_call_parser).")
+    reasoning_parser: str | None = Field(
+        None, description="vLLM reasoning parser for reasoning models (e.g. deepseek_r1).")
+
+
 class ReplicaSettings(BaseModel):
     """How this replica announces itself to the deploy controller (``RLHF_REPLICA__…``).
 
@@ -110,6 +124,7 @@ class ServeSettings(ProcessSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
     follow_policy_events: bool = Field(
         True, description="Hot-swap on promote/rollback events from the `rlhf.policy` topic.")
     publish_events: bool = Field(

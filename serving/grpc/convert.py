@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from core.errors import InvalidRequest
 from protos.rlhf.v1 import feedback_pb2 as fpb
 from protos.rlhf.v1 import inference_pb2 as pb
 from serving import protocol as p
@@ -17,6 +19,17 @@ def sampling_fields(s: pb.SamplingParameters) -> dict[str, Any]:
     if s.stop:
         fields["stop"] = list(s.stop)
     fields["ignore_eos"] = s.ignore_eos
+    if s.logit_bias:
+        fields["logit_bias"] = {str(k): v for k, v in s.logit_bias.items()}
+    if s.HasField("response_format"):
+        fmt: dict[str, Any] = {"type": s.response_format.type}
+        if s.response_format.json_schema:
+            try:
+                fmt["json_schema"] = json.loads(s.response_format.json_schema)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"response_format.json_schema: not JSON ({exc})",
+                                     param="response_format") from exc
+        fields["response_format"] = fmt
     return fields
 
 
@@ -33,7 +46,8 @@ def to_request(msg: pb.GenerateRequest,
         return p.ChatCompletionRequest(
             messages=[{"role": m.role, "content": m.content} for m in msg.messages.messages],
             logprobs=logprobs is not None, top_logprobs=logprobs, **common)
-    prompt: str | list[int] = list(msg.token_ids.ids) if kind == "token_ids" else msg.prompt
+    prompt: str | list[int] | list[str] = list(msg.token_ids.ids) if kind == "token_ids" \
+        else list(msg.prompts.items) if kind == "prompts" else msg.prompt
     return p.CompletionRequest(prompt=prompt, logprobs=logprobs, **common)
 
 

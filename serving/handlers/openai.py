@@ -49,7 +49,7 @@ from core.errors import (
 from serving import protocol as p
 from serving.handlers.policy import Lease, PolicyState
 from serving.metrics import ServingMetrics
-from serving.settings import LimitSettings
+from serving.settings import LimitSettings, OpenAISettings
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class OpenAIHandler:
     def __init__(self, llm: Any, model_name: str, model_path: str, policy: PolicyState,
                  metrics: ServingMetrics, sink: Any = None, default_max_tokens: int = 16,
                  max_waiting: int = 1024, limits: LimitSettings | None = None,
-                 waiting: Any = None):
+                 waiting: Any = None, options: OpenAISettings | None = None):
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
@@ -187,14 +187,22 @@ class OpenAIHandler:
         self.models_serving = OpenAIServingModels(
             engine_client=client,
             base_model_paths=[BaseModelPath(name=model_name, model_path=model_path)])
+        from vllm.renderers.chat_utils import load_chat_template
+
+        opts = options or OpenAISettings()
+        template = load_chat_template(opts.chat_template)
+        tools: dict[str, Any] = {"enable_auto_tools": opts.enable_auto_tool_choice,
+                                 "tool_parser": opts.tool_call_parser,
+                                 "reasoning_parser": opts.reasoning_parser or ""}
         renderer = OnlineRenderer(model_config=llm.model_config, renderer=llm.renderer,
-                                  request_logger=None, chat_template=None,
-                                  chat_template_content_format="auto")
+                                  request_logger=None, chat_template=template,
+                                  chat_template_content_format="auto", **tools)
         self.completions = OpenAIServingCompletion(
             client, self.models_serving, online_renderer=renderer, request_logger=None)
         self.chats = OpenAIServingChat(
             client, self.models_serving, "assistant", online_renderer=renderer,
-            request_logger=None, chat_template=None, chat_template_content_format="auto")
+            request_logger=None, chat_template=template,
+            chat_template_content_format="auto", **tools)
 
     # -- entry points --------------------------------------------------------------
     async def complete(self, req: p.CompletionRequest, ctx: RequestContext) -> Answer:

@@ -24,41 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rlhf/v1/inference.proto\x12\x07rlhf.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"6\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xac\x03\n\x12SamplingParameters\x12\x0e\n\x01n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x15\n\x08logprobs\x18\x08 \x01(\x05H\x06\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\x05H\t\x88\x01\x01\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x42\x04\n\x02_nB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x0b\n\t_logprobsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\r\n\x0b_min_tokens\"\xdf\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x11.rlhf.v1.TokenIdsH\x00\x12)\n\x08messages\x18\x04 \x01(\x0b\x32\x15.rlhf.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.rlhf.v1.SamplingParameters\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0c\n\x04user\x18\x07 \x01(\tB\x07\n\x05input\".\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"[\n\rTokenLogprobs\x12&\n\x07sampled\x18\x01 \x01(\x0b\x32\x15.rlhf.v1.TokenLogprob\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.rlhf.v1.TokenLogprob\"f\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12(\n\x08logprobs\x18\x04 \x03(\x0b\x32\x16.rlhf.v1.TokenLogprobs\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x9f\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12 \n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x0f.rlhf.v1.Choice\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.rlhf.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\"\x94\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12 \n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x0f.rlhf.v1.Choice\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.rlhf.v1.Usage\"\x13\n\x11ListModelsRequest\"P\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\"4\n\x12ListModelsResponse\x12\x1e\n\x06models\x18\x01 \x03(\x0b\x32\x0e.rlhf.v1.Model2\xe2\x01\n\tInference\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x18.rlhf.v1.GenerateRequest\x1a\x1f.rlhf.v1.GenerateStreamResponse0\x01\x12\x45\n\nListModels\x12\x1a.rlhf.v1.ListModelsRequest\x1a\x1b.rlhf.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rlhf/v1/inference.proto\x12\x07rlhf.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"6\n\x0c\x43hatMessages\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\"\x18\n\x07Prompts\x12\r\n\x05items\x18\x01 \x03(\t\"3\n\x0eResponseFormat\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x13\n\x0bjson_schema\x18\x02 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xd0\x04\n\x12SamplingParameters\x12\x0e\n\x01n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x15\n\x08logprobs\x18\x08 \x01(\x05H\x06\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x02H\x08\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\x05H\t\x88\x01\x01\x12\x12\n\nignore_eos\x18\x0c \x01(\x08\x12>\n\nlogit_bias\x18\r \x03(\x0b\x32*.rlhf.v1.SamplingParameters.LogitBiasEntry\x12\x30\n\x0fresponse_format\x18\x0e \x01(\x0b\x32\x17.rlhf.v1.ResponseFormat\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x04\n\x02_nB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x0b\n\t_logprobsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\r\n\x0b_min_tokens\"\x84\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x11.rlhf.v1.TokenIdsH\x00\x12)\n\x08messages\x18\x04 \x01(\x0b\x32\x15.rlhf.v1.ChatMessagesH\x00\x12#\n\x07prompts\x18\x08 \x01(\x0b\x32\x10.rlhf.v1.PromptsH\x00\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.rlhf.v1.SamplingParameters\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x0c\n\x04user\x18\x07 \x01(\tB\x07\n\x05input\".\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"[\n\rTokenLogprobs\x12&\n\x07sampled\x18\x01 \x01(\x0b\x32\x15.rlhf.v1.TokenLogprob\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.rlhf.v1.TokenLogprob\"f\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12(\n\x08logprobs\x18\x04 \x03(\x0b\x32\x16.rlhf.v1.TokenLogprobs\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x9f\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12 \n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x0f.rlhf.v1.Choice\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.rlhf.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\"\x94\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12 \n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x0f.rlhf.v1.Choice\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.rlhf.v1.Usage\"\x13\n\x11ListModelsRequest\"P\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\"4\n\x12ListModelsResponse\x12\x1e\n\x06models\x18\x01 \x03(\x0b\x32\x0e.rlhf.v1.Model2\xe2\x01\n\tInference\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x18.rlhf.v1.GenerateRequest\x1a\x1f.rlhf.v1.GenerateStreamResponse0\x01\x12\x45\n\nListModels\x12\x1a.rlhf.v1.ListModelsRequest\x1a\x1b.rlhf.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlhf.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_CHATMESSAGE']._serialized_start=36
   _globals['_CHATMESSAGE']._serialized_end=80
   _globals['_CHATMESSAGES']._serialized_start=82
   _globals['_CHATMESSAGES']._serialized_end=136
-  _globals['_TOKENIDS']._serialized_start=138
-  _globals['_TOKENIDS']._serialized_end=161
-  _globals['_SAMPLINGPARAMETERS']._serialized_start=164
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=592
-  _globals['_GENERATEREQUEST']._serialized_start=595
-  _globals['_GENERATEREQUEST']._serialized_end=818
-  _globals['_TOKENLOGPROB']._serialized_start=820
-  _globals['_TOKENLOGPROB']._serialized_end=866
-  _globals['_TOKENLOGPROBS']._serialized_start=868
-  _globals['_TOKENLOGPROBS']._serialized_end=959
-  _globals['_CHOICE']._serialized_start=961
-  _globals['_CHOICE']._serialized_end=1063
-  _globals['_USAGE']._serialized_start=1065
-  _globals['_USAGE']._serialized_end=1144
-  _globals['_GENERATERESPONSE']._serialized_start=1147
-  _globals['_GENERATERESPONSE']._serialized_end=1306
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1309
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1457
-  _globals['_LISTMODELSREQUEST']._serialized_start=1459
-  _globals['_LISTMODELSREQUEST']._serialized_end=1478
-  _globals['_MODEL']._serialized_start=1480
-  _globals['_MODEL']._serialized_end=1560
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1562
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1614
-  _globals['_INFERENCE']._serialized_start=1617
-  _globals['_INFERENCE']._serialized_end=1843
+  _globals['_PROMPTS']._serialized_start=138
+  _globals['_PROMPTS']._serialized_end=162
+  _globals['_RESPONSEFORMAT']._serialized_start=164
+  _globals['_RESPONSEFORMAT']._serialized_end=215
+  _globals['_TOKENIDS']._serialized_start=217
+  _globals['_TOKENIDS']._serialized_end=240
+  _globals['_SAMPLINGPARAMETERS']._serialized_start=243
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=835
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_start=650
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_end=698
+  _globals['_GENERATEREQUEST']._serialized_start=838
+  _globals['_GENERATEREQUEST']._serialized_end=1098
+  _globals['_TOKENLOGPROB']._serialized_start=1100
+  _globals['_TOKENLOGPROB']._serialized_end=1146
+  _globals['_TOKENLOGPROBS']._serialized_start=1148
+  _globals['_TOKENLOGPROBS']._serialized_end=1239
+  _globals['_CHOICE']._serialized_start=1241
+  _globals['_CHOICE']._serialized_end=1343
+  _globals['_USAGE']._serialized_start=1345
+  _globals['_USAGE']._serialized_end=1424
+  _globals['_GENERATERESPONSE']._serialized_start=1427
+  _globals['_GENERATERESPONSE']._serialized_end=1586
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1589
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1737
+  _globals['_LISTMODELSREQUEST']._serialized_start=1739
+  _globals['_LISTMODELSREQUEST']._serialized_end=1758
+  _globals['_MODEL']._serialized_start=1760
+  _globals['_MODEL']._serialized_end=1840
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1842
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1894
+  _globals['_INFERENCE']._serialized_start=1897
+  _globals['_INFERENCE']._serialized_end=2123
 # @@protoc_insertion_point(module_scope)
