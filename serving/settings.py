@@ -36,10 +36,6 @@ class LimitSettings(BaseModel):
     max_n: int = Field(64, ge=1, le=64, description="Most choices (n) one request may ask for.")
     max_feedback_batch: int = Field(
         1000, ge=1, le=1000, description="Most items in one POST /v1/feedback/batch.")
-    offload_chars: int = Field(
-        20_000, ge=0, description="Prompts or chats longer than this are tokenised and "
-                                  "rendered on a worker thread, so the event loop (health "
-                                  "checks, streams) never waits for them.")
 
 
 class GrpcSettings(BaseModel):

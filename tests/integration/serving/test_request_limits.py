@@ -236,3 +236,43 @@ def test_the_eval_header_logs_purpose_eval(stack):
         assert r.status_code == 200, r.text
         record = wait_for(lambda r=r: _logged(broker, r.json()["id"]), 20, what="the record")
         assert record.purpose == purpose
+
+
+# -- the completion log of what vLLM's serving layer answers ---------------------------------
+
+def test_a_batch_of_prompts_is_logged_one_record_per_prompt(stack):
+    broker, server, _ = stack
+    prompts = [f"A sunny day {uuid.uuid4().hex[:6]}", f"A long night {uuid.uuid4().hex[:6]}"]
+    r = _post(server, "/v1/completions", json={"model": "tiny", "prompt": prompts, "n": 2,
+                                               "max_tokens": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    texts = {c["index"]: c["text"] for c in body["choices"]}
+    for i, prompt in enumerate(prompts):
+        record = wait_for(lambda i=i: _logged(broker, f"{body['id']}-{i}"), 30,
+                          what=f"the record of prompt {i}")
+        assert record.prompt == prompt
+        assert record.policy_version == body["policy_version"]
+        assert [c.text for c in record.choices] == [texts[2 * i], texts[2 * i + 1]]
+
+
+def test_a_streamed_chat_with_content_parts_is_logged_with_every_choice(stack):
+    broker, server, _ = stack
+    body = {"model": "tiny", "n": 2, "max_tokens": 4, "stream": True, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Rain"},
+                                     {"type": "text", "text": f" {uuid.uuid4().hex[:6]}"}]}]}
+    streamed: dict[int, str] = {}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
+                      headers=_auth(), timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                completion_id = chunk["id"]
+                for c in chunk["choices"]:
+                    streamed[c["index"]] = streamed.get(c["index"], "") + \
+                        (c["delta"].get("content") or "")
+    record = wait_for(lambda: _logged(broker, completion_id), 30, what="the chat record")
+    assert record.endpoint == "chat.completions"
+    assert {c.index: c.text for c in record.choices} == streamed
+    assert record.messages[0]["content"][0]["text"] == "Rain"
