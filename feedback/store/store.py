@@ -220,14 +220,13 @@ class FeedbackStore:
         result = PersistResult()
         now = datetime.now(UTC)
         with self._writer() as conn:
-            fresh = self._unseen(conn, events, result)
+            fresh = self._claim(conn, events, result)
             completions = [e for e in fresh if isinstance(e, CompletionRecord)]
             feedback = [e for e in fresh if not isinstance(e, CompletionRecord)]
             arrived = self._insert_completions(conn, completions, now, result)
             views = {**self._load_views(conn, feedback, arrived), **arrived}
-            kept = self._store_feedback(conn, feedback, views, now, result, origins)
-            insert_new(conn, ProcessedEventTable, "event_id",
-                       [{"event_id": e.event_id} for e in completions + kept], ("event_id",))
+            self._store_feedback(conn, feedback, views, now, result, origins)
+            self._unclaim(conn, result.rejected)  # so far only this batch's own
             self._resolve_pending(conn, arrived, now, result)
         return result
 
@@ -245,20 +244,26 @@ class FeedbackStore:
                 conn.exec_driver_sql("LOCK TABLE feedback IN SHARE ROW EXCLUSIVE MODE")
             yield conn
 
-    def _unseen(self, conn: Connection, events: Sequence[Event],
-                result: PersistResult) -> list[Event]:
-        """Events whose event_id is neither stored already nor repeated earlier in the batch."""
-        ids = {e.event_id for e in events}
-        seen = set(conn.scalars(select(ProcessedEventTable.event_id)
-                                .where(ProcessedEventTable.event_id.in_(ids)))) if ids else set()
-        fresh = []
+    def _claim(self, conn: Connection, events: Sequence[Event],
+               result: PersistResult) -> list[Event]:
+        """Mark the batch's event_ids processed; the events whose id was not yet (the first
+        of each id in the batch). The others are duplicates. One INSERT … ON CONFLICT DO
+        NOTHING RETURNING both checks and marks, under the writers' lock."""
+        first: dict[str, Event] = {}
         for e in events:
-            if e.event_id in seen:
-                result.duplicates += 1
-                continue
-            seen.add(e.event_id)
-            fresh.append(e)
+            first.setdefault(e.event_id, e)
+        claimed = {event_id for event_id, in insert_new(
+            conn, ProcessedEventTable, "event_id", [{"event_id": i} for i in first],
+            ("event_id",))}
+        fresh = [e for i, e in first.items() if i in claimed]
+        result.duplicates += len(events) - len(fresh)
         return fresh
+
+    def _unclaim(self, conn: Connection, rejected: list[Rejection]) -> None:
+        """Rejected events are not processed: a replay is judged again (and rejected)."""
+        if rejected:
+            conn.execute(delete(ProcessedEventTable).where(
+                ProcessedEventTable.event_id.in_([r.event_id for r in rejected])))
 
     def _insert_completions(self, conn: Connection, completions: list[CompletionRecord],
                             now: datetime, result: PersistResult) -> dict[str, CompletionView]:
@@ -299,12 +304,11 @@ class FeedbackStore:
 
     def _store_feedback(self, conn: Connection, feedback: list[Feedback],
                         views: dict[str, CompletionView], now: datetime,
-                        result: PersistResult, origins: Mapping[str, Origin]) -> list[Feedback]:
+                        result: PersistResult, origins: Mapping[str, Origin]) -> None:
         """Store joined feedback, park the feedback whose completion is unknown, and reject
-        what does not fit into ``result``; returns the feedback stored or parked."""
+        what does not fit into ``result``."""
         rows: list[FeedbackRows] = []
         parked: list[Row] = []
-        kept: list[Feedback] = []
         for fb in feedback:
             origin = origins.get(fb.event_id)
             if needs_completion(fb) and fb.request_id not in views:
@@ -314,14 +318,11 @@ class FeedbackStore:
                     rows.append(build_feedback_rows(fb, views.get(fb.request_id or ""), now))
                 except InvalidEvent as e:
                     result.rejected.append(_rejection(fb, e.reason, origin))
-                    continue
-            kept.append(fb)
         stored = len(insert_feedback(conn, rows))
         waiting = len(insert_new(conn, PendingFeedbackTable, "event_id", parked, ("id",)))
         result.feedback += stored
         result.pending += waiting
         result.duplicates += len(rows) - stored + len(parked) - waiting
-        return kept
 
     def _resolve_pending(self, conn: Connection, arrived: dict[str, CompletionView],
                          now: datetime, result: PersistResult) -> None:
