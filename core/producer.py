@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20
 """The producers' ``max_request_size`` (kafka-python's and Kafka's default, 1 MiB)."""
 _RECORD_OVERHEAD = 256  # batch and record framing, generously (kafka-python: < 100 bytes)
+BATCH_BYTES = 256 << 10
+"""The producers' ``batch_size`` per partition. kafka-python's 16 KiB default holds about
+12 feedback events: a batch POST of 250 then became ~20 record batches, each waking the
+I/O thread and taking a produce request; 256 KiB doubled batch publishing (6,900 →
+17,700 events/s for 4 × 250 in flight) and halved its CPU per event, with no change for
+single publishes (``linger_ms`` stays 0: lingering only delays a lone request)."""
 
 
 class RecordTooLarge(Exception):
@@ -80,6 +86,7 @@ def make_producer(kafka: KafkaSettings) -> KafkaProducer:
         bootstrap_timeout_ms=timeout_ms,
         reconnect_backoff_max_ms=1000,
         linger_ms=0,
+        batch_size=BATCH_BYTES,
         max_request_size=MAX_REQUEST_BYTES,
     )
 
