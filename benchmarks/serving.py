@@ -1,6 +1,6 @@
 """Serving throughput and latency: our HTTP and gRPC APIs against vLLM's own OpenAI server.
 
-    python benchmarks/serving.py [--model DIR] [--concurrency 1 8 32]
+    python benchmarks/serving.py [--model DIR] [--concurrency 1 8 32] [--no-completion-log]
         [--requests-per-level N] [--prompt-tokens 32] [--output-tokens 64] [--out PATH]
 
 The same checkpoint (the tiny model unless ``--model``) and the same load on every
@@ -14,6 +14,10 @@ the same engine arguments: vLLM's ``python -m vllm.entrypoints.openai.api_server
 measured. The machine may be shared, so each server is started ``--rounds`` times in ABBA
 order and the rounds are pooled; the server CPU time per request is reported too, as it
 moves less than wall-clock numbers when other jobs compete for the cores.
+
+``rlhf serve`` runs with its completion log on (the production default: an embedded Kafka
+broker receives every completion); ``--no-completion-log`` turns it off. Each level runs
+for at least ``--seconds-per-level`` (10 s) of load.
 
 Targets: our throughput ≥ 0.95× vLLM's at every concurrency, p50 latency within 10%.
 
@@ -198,14 +202,20 @@ def start_vllm(model: Path, workdir: Path) -> tuple[ServerProcess, str]:
     return ServerProcess("vLLM api_server", cmd, url + "/health", workdir / "vllm.log"), url
 
 
-def start_rlhf(model: Path, workdir: Path) -> tuple[ServerProcess, str, str]:
+def start_rlhf(model: Path, workdir: Path, bootstrap: str | None = None
+               ) -> tuple[ServerProcess, str, str]:
+    """``rlhf serve``; with ``bootstrap``, its completion log goes to that broker (as in
+    production, where it is on by default)."""
     port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "rlhf", "serve", "--model", str(model),
            "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
            "--served-model-name", "tiny", "--max-model-len", "512"]
     url = f"http://127.0.0.1:{port}"
+    events = {"RLHF_PUBLISH_EVENTS": "true", "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+              "RLHF_FOLLOW_POLICY_EVENTS": "false"} if bootstrap else \
+        {"RLHF_PUBLISH_EVENTS": "false"}
     server = ServerProcess("rlhf serve", cmd, url + "/ready", workdir / "rlhf.log",
-                           env={"RLHF_PUBLISH_EVENTS": "false", "PYTHONPATH": str(REPO)})
+                           env={**events, "PYTHONPATH": str(REPO)})
     return server, url, f"127.0.0.1:{grpc_port}"
 
 
@@ -281,17 +291,18 @@ def _sample(t0: float, ttft: float | None, usage: tuple[int, int], load: Load) -
 # Load: closed loop at each concurrency
 # ---------------------------------------------------------------------------------------
 
-async def closed_loop(send: Send, concurrency: int, requests: int, first: int = 0
-                      ) -> tuple[float, list[Sample]]:
-    """``concurrency`` clients, each sending its next request when the last one ends."""
-    next_i = iter(range(first, first + requests))
+async def closed_loop(send: Send, concurrency: int, requests: int, first: int = 0,
+                      min_seconds: float = 0.0) -> tuple[float, list[Sample]]:
+    """``concurrency`` clients, each sending its next request when the last one ends, for
+    at least ``requests`` requests and at least ``min_seconds`` of load."""
+    counter = iter(range(first, 10**12))
     samples: list[Sample] = []
+    t0 = time.perf_counter()
 
     async def client() -> None:
-        for i in next_i:
-            samples.append(await send(i))
+        while len(samples) < requests or time.perf_counter() - t0 < min_seconds:
+            samples.append(await send(next(counter)))
 
-    t0 = time.perf_counter()
     await asyncio.gather(*[client() for _ in range(concurrency)])
     return time.perf_counter() - t0, samples
 
@@ -305,8 +316,9 @@ async def measure(target: str, send: Send, server: ServerProcess, args: argparse
     for c in args.concurrency:
         n = args.requests_per_level or max(32, 8 * c)
         cpu_before = server.cpu_times()
-        seconds, samples = await closed_loop(send, c, n)
-        result = LevelResult(target, c, n, seconds, sum(s.output_tokens for s in samples),
+        seconds, samples = await closed_loop(send, c, n, min_seconds=args.seconds_per_level)
+        result = LevelResult(target, c, len(samples), seconds,
+                             sum(s.output_tokens for s in samples),
                              [s.latency_s for s in samples], [s.ttft_s for s in samples],
                              server.cpu_times() - cpu_before)
         results.append(result)
@@ -387,7 +399,9 @@ def write_json(path: Path, results: list[LevelResult], args: argparse.Namespace,
         "model": str(model),
         "load": {"rounds": args.rounds, "concurrency": args.concurrency,
                  "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
-                 "stream": True, "ignore_eos": True},
+                 "stream": True, "ignore_eos": True,
+                 "seconds_per_level": args.seconds_per_level,
+                 "completion_log": args.completion_log},
         "results": [_with_ratios(r.summary(), rs.get((r.target, r.concurrency)))
                     for r in results],
     }
@@ -431,6 +445,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests-per-level", type=int, default=None,
                    help="requests per concurrency and round (default: max(32, 8 × concurrency))")
+    p.add_argument("--seconds-per-level", type=float, default=10.0,
+                   help="at least this many seconds of load per concurrency and round")
+    p.add_argument("--no-completion-log", dest="completion_log", action="store_false",
+                   help="run rlhf serve without its completion log (on by default, as in "
+                        "production: an embedded Kafka broker receives it)")
     p.add_argument("--rounds", type=int, default=2,
                    help="times each server is started and measured (ABBA order); pooled")
     p.add_argument("--warmup-requests", type=int, default=32,
@@ -454,7 +473,7 @@ def run_vllm(model: Path, workdir: Path, load: Load, args: argparse.Namespace
 
 def run_rlhf(model: Path, workdir: Path, load: Load, args: argparse.Namespace
              ) -> list[LevelResult]:
-    server, url, grpc_address = start_rlhf(model, workdir)
+    server, url, grpc_address = start_rlhf(model, workdir, args.bootstrap)
     results: list[LevelResult] = []
     with server:
         if "http" in args.targets:
@@ -492,6 +511,14 @@ def main() -> None:
             servers.append(run_vllm)
         if {"http", "grpc"} & set(args.targets):
             servers.append(run_rlhf)
+        args.bootstrap = None
+        broker = None
+        if args.completion_log and servers[-1] is run_rlhf:
+            from feedback.broker import EmbeddedBroker
+
+            broker = EmbeddedBroker(log_path=logs / "broker.log")
+            broker.start()
+            args.bootstrap = broker.bootstrap_servers
         results: list[LevelResult] = []
         # One server at a time (they would otherwise share the CPUs), in ABBA order over
         # rounds so that a drift in the machine's background load hits both alike.
@@ -499,6 +526,8 @@ def main() -> None:
             print(f"round {round_ + 1} of {args.rounds}")
             for run in servers if round_ % 2 == 0 else reversed(servers):
                 results += run(model, logs, load, args)
+        if broker is not None:
+            broker.stop()
     results = merge(results)
     console = Console()
     print_table(results, Console(width=max(console.width, 130)))
