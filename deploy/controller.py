@@ -48,6 +48,7 @@ from deploy.online import (
 from deploy.publish import PolicyPublisher
 from deploy.rollout import (
     FleetWatcher,
+    Reason,
     RolloutFailed,
     RolloutMetrics,
     StageFailed,
@@ -215,6 +216,7 @@ class DeployController:
             self._intact(version)
             report = None if force else await self.evaluate(version)
             if report is not None and report.status != "passed":
+                self.metrics.finished("rejected", "gates_failed")
                 raise GatesFailed(report)
             self._clear_bad_marks(version)
             why = f"promote{' (forced)' if force else ''}" + (f": {reason}" if reason else "")
@@ -222,6 +224,7 @@ class DeployController:
             if fleet is not None:
                 return await self._staged_promote(version, why, fleet, force, report)
             record, event = await self._switch(version, "promote", why)
+            self.metrics.finished("promoted", "forced" if force else "gates_passed")
             return PromoteResult(version=version, previous=record.previous, forced=force,
                                  gates=report, event_id=event.event_id)
 
@@ -243,6 +246,7 @@ class DeployController:
                 if decision.action == "rollback":
                     await self._undo(rollout, swapped, batch, moved=False,
                                      why=f"canary of {version} rolled back: {decision.reason}")
+                    self.metrics.finished("rolled_back", "canary")
                     raise RolloutFailed(f"canary of {version} rolled back: {decision.reason}",
                                         rollout=rollout.model_dump(mode="json"))
             detail = ({"decision": rollout.decisions[-1].model_dump(mode="json")}
@@ -262,6 +266,7 @@ class DeployController:
                              why=f"swap of {version} failed on {f.replica}: {f.reason}")
             self._mark(version, "swap_failed", {"replica": f.replica, "reason": f.reason})
             rollout.outcome = "swap_failed"
+            self.metrics.finished("failed", "swap_failed")
             raise RolloutFailed(f"rollout of {version} stopped: swap failed on {f.replica}: "
                                 f"{f.reason}; {previous} restored",
                                 rollout=rollout.model_dump(mode="json")) from None
@@ -273,6 +278,7 @@ class DeployController:
                         version, e)
         rollout.outcome = "promoted"
         self.metrics.set_state("idle", version)
+        self.metrics.finished("promoted", "forced" if force else "gates_passed")
         if rs.watch_s > 0 and previous:
             self._watch = (version, previous, datetime.now(UTC), rs.watch_s)
         log.info("staged rollout: %s is live on %d replicas (was %s)", version, len(ids),
@@ -362,7 +368,10 @@ class DeployController:
             return await self._rollback(version, reason)
 
     async def _rollback(self, version: str | None, reason: str,
-                        detail: dict[str, Any] | None = None) -> RollbackResult:
+                        detail: dict[str, Any] | None = None,
+                        cause: Reason = "operator") -> RollbackResult:
+        """Roll back to ``version`` (default: the previous good one); ``cause`` is what
+        asked for it (the operator, a regression, a replica's swap_failed), for the metric."""
         live = self.registry.live_policy()
         if live is None:
             raise NotPromotable("no policy is live, nothing to roll back")
@@ -387,8 +396,10 @@ class DeployController:
                 await self.publisher.publish(event)
             except BrokerUnavailable as e:
                 log.warning("rollback event of %s not published: %s", target, e)
+            self.metrics.finished("rolled_back", cause)
             return RollbackResult(version=target, rolled_back=live, event_id=event.event_id)
         _, event = await self._switch(target, "rollback", why, detail)
+        self.metrics.finished("rolled_back", cause)
         return RollbackResult(version=target, rolled_back=live, event_id=event.event_id)
 
     # -- regression after a full rollout -------------------------------------------------
@@ -429,7 +440,8 @@ class DeployController:
             self._watch = None
             self.metrics.decisions.labels(action="regression_rollback").inc()
             await self._rollback(previous, reason,
-                                 {"regression": result.model_dump(mode="json")})
+                                 {"regression": result.model_dump(mode="json")},
+                                 cause="regression")
             log.warning("regression: %s", reason)
 
     async def _switch(self, version: str, kind: str, reason: str,
@@ -442,6 +454,7 @@ class DeployController:
         except BrokerUnavailable as e:
             if record.previous is not None:
                 self.registry.set_live(record.previous, f"{kind} of {version} not announced")
+            self.metrics.finished("failed", "broker_down")
             raise BrokerDown(f"{kind} of {version} not announced, live pointer restored to "
                              f"{record.previous}: {e}") from e
         log.info("%s: %s is live (was %s)", kind, version, record.previous)
@@ -515,7 +528,8 @@ class DeployController:
             self._mark(version, "swap_failed", {"replica": replica, "reason": reason})
             if version == self.registry.live_policy():
                 result = await self._rollback(None, f"swap of {version} failed on "
-                                                    f"{replica or 'a replica'}: {reason}")
+                                                    f"{replica or 'a replica'}: {reason}",
+                                              cause="swap_failed")
                 log.warning("swap of %s failed; rolled back to %s", version, result.version)
 
 

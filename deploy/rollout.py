@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
@@ -32,6 +32,18 @@ from deploy.publish import PolicyPublisher
 log = logging.getLogger(__name__)
 
 ROLLOUT_STATES = ("idle", "canary", "rolling", "restoring")
+
+Outcome = Literal["promoted", "rolled_back", "rejected", "failed"]
+Reason = Literal["gates_passed", "forced", "canary", "regression", "swap_failed", "operator",
+                 "gates_failed", "broker_down"]
+ROLLOUT_OUTCOMES: dict[Outcome, tuple[Reason, ...]] = {
+    "promoted": ("gates_passed", "forced"),
+    "rolled_back": ("canary", "regression", "swap_failed", "operator"),
+    "rejected": ("gates_failed",),
+    "failed": ("swap_failed", "broker_down"),
+}
+"""How a promotion or rollback the controller carried out ended, and why (docs/metrics.md):
+the only label values of ``rlhf:rollout_outcomes``, each exported at 0 from the start."""
 
 
 class SwapStep(BaseModel):
@@ -73,11 +85,21 @@ class RolloutMetrics:
         self.signal = Gauge("rlhf:online_signal", "Latest online value of a signal per "
                             "version (error_rate, latency_s, rating, length) and its sample "
                             "count (signal=<name>_n).", ["version", "signal"], registry=r)
+        self.outcomes = Counter("rlhf:rollout_outcomes", "Promotions and rollbacks by how "
+                                "they ended (promoted, rolled_back, rejected, failed) and why.",
+                                ["outcome", "reason"], registry=r)
+        for outcome, reasons in ROLLOUT_OUTCOMES.items():
+            for reason in reasons:
+                self.outcomes.labels(outcome=outcome, reason=reason)
         self.set_state("idle", "")
 
     def set_state(self, state: str, version: str) -> None:
         self.state.clear()
         self.state.labels(state=state, version=version).set(1)
+
+    def finished(self, outcome: Outcome, reason: Reason) -> None:
+        """Count one promotion or rollback that ended (one of ``ROLLOUT_OUTCOMES``)."""
+        self.outcomes.labels(outcome=outcome, reason=reason).inc()
 
 
 def max_unavailable(setting: str, fleet_size: int) -> int:

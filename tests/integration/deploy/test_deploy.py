@@ -29,6 +29,7 @@ from deploy.settings import DeploySettings, GateSettings
 from feedback.store import FeedbackStore
 from tests.fixtures.kafka import produce_raw, read_topic, wait_for
 from tests.integration.deploy.deploy_policies import HACK, add_policy, marker_token_ids
+from tests.integration.deploy.rollout_outcomes import rollout_outcomes
 from training.announce import announce
 from training.config import DEMO_CONFIG_DIR, load_config
 from training.recipes import reward
@@ -294,6 +295,12 @@ def test_admin_api_auth_promote_rollback(home, kafka_broker):
         assert r.status_code == 503 and "not announced" in r.json()["error"]["message"]
         assert controller.registry.live_policy() == LIVE
 
+        # each promotion or rollback that ran counted once, by how it ended; the refused
+        # requests (403, unknown version, already live) are not rollouts
+        assert rollout_outcomes(client.get("/metrics").text) == {
+            ("rejected", "gates_failed"): 1, ("promoted", "gates_passed"): 1,
+            ("rolled_back", "operator"): 1, ("failed", "broker_down"): 1}
+
 
 # -- the controller's event loop ------------------------------------------------------------
 
@@ -321,6 +328,14 @@ def test_controller_auto_promotes_and_rolls_back_a_failed_swap(home, kafka_broke
         produce_raw(kafka, kafka.topics.policy, [(b"pod-a", json.dumps(failure).encode())])
         wait_for(lambda: registry.live_policy() == LIVE, 60, what="rollback after swap_failed")
         assert registry.get(BETTER).gates["swap_failed"]["replica"] == "pod-a"
+
+        def rollback_counted() -> dict | None:
+            got = rollout_outcomes(client.get("/metrics").text)
+            return got if ("rolled_back", "swap_failed") in got else None
+
+        assert wait_for(rollback_counted, 30, what="the rollback in the metrics") == {
+            ("rejected", "gates_failed"): 1, ("promoted", "gates_passed"): 1,
+            ("rolled_back", "swap_failed"): 1}
 
         status = wait_for(lambda: client.get("/v1/deploy/status").json(), 5)
         assert status["replicas"][0]["replica"] == "pod-a"

@@ -31,6 +31,7 @@ from feedback.broker import EmbeddedBroker
 from feedback.store import FeedbackStore
 from tests.fixtures.kafka import IngesterProcess, wait_for
 from tests.fixtures.server import RemoteServer
+from tests.integration.deploy.rollout_outcomes import rollout_outcomes
 from training.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.engine, pytest.mark.kafka]
@@ -243,6 +244,7 @@ def test_staged_rollout_keeps_the_fleet_serving(fleet):
         metrics = client.get("/metrics").text
         assert 'rlhf:rollout_replica_swap_seconds_count{outcome="ok",replica="r1"} 1.0' in metrics
         assert f'rlhf:rollout_state{{state="idle",version="{SEED1}"}} 1.0' in metrics
+        assert rollout_outcomes(metrics) == {("promoted", "forced"): 1}
     per_version = httpx.get(fleet.replicas["r0"].url + "/metrics").text
     assert f'rlhf:version_requests_total{{outcome="ok",version="{SEED1}"}}' in per_version
 
@@ -258,6 +260,7 @@ def test_wrong_shapes_stop_the_rollout_on_the_previous_version(fleet):
         assert fleet.registry.live_policy() == SEED1
         assert versions(fleet) == {"r0": SEED1, "r1": SEED1, "r2": SEED1}
         assert "swap_failed" in fleet.registry.get(WIDE).gates
+        assert rollout_outcomes(client.get("/metrics").text) == {("failed", "swap_failed"): 1}
 
 
 def test_a_failed_swap_mid_rollout_restores_the_swapped_replicas(fleet):
@@ -297,6 +300,8 @@ def test_a_failed_swap_mid_rollout_restores_the_swapped_replicas(fleet):
             assert [h.version for h in history[-2:]] == [SEED2, SEED1]
             assert "swap of policy-0003 failed on r1" in history[-1].reason
             assert fleet.registry.live_policy() == SEED1
+            assert rollout_outcomes(client.get("/metrics").text) == {
+                ("failed", "swap_failed"): 1}
     finally:
         stop.set()
         damager.join()
@@ -329,6 +334,7 @@ def test_a_canary_users_rate_worse_is_rolled_back_with_the_numbers(fleet):
         assert last.detail["decision"]["signals"]
         assert fleet.registry.get(BASE).gates["rollout"]["decisions"][-1]["action"] == "rollback"
         assert versions(fleet) == {"r0": SEED1, "r1": SEED1, "r2": SEED1}
+        assert rollout_outcomes(client.get("/metrics").text) == {("rolled_back", "canary"): 1}
 
 
 def test_a_canary_rated_the_same_rolls_forward(fleet):
@@ -346,3 +352,4 @@ def test_a_canary_rated_the_same_rolls_forward(fleet):
         assert fleet.registry.live_policy() == SEED3
         assert fleet.registry.history()[-1].detail["decision"]["action"] == "forward"
         assert versions(fleet) == {"r0": SEED3, "r1": SEED3, "r2": SEED3}
+        assert rollout_outcomes(client.get("/metrics").text) == {("promoted", "forced"): 1}

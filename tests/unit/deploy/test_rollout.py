@@ -22,7 +22,7 @@ from deploy.online import (
     proportion_diff,
     regression,
 )
-from deploy.rollout import max_unavailable
+from deploy.rollout import ROLLOUT_OUTCOMES, RolloutMetrics, max_unavailable
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -66,6 +66,22 @@ def test_swap_failed_keeps_the_served_version():
     ("1", 3, 1), ("2", 3, 2), ("25%", 8, 2), ("25%", 3, 1), ("100%", 3, 3), ("0", 3, 1)])
 def test_max_unavailable_counts_and_shares(setting, size, expected):
     assert max_unavailable(setting, size) == expected
+
+
+def test_every_rollout_outcome_is_exported_at_zero_before_the_first():
+    """rate()/increase() see a rollout's first outcome only if its series existed before."""
+    metrics = RolloutMetrics()
+
+    def count(outcome: str, reason: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "rlhf:rollout_outcomes_total", {"outcome": outcome, "reason": reason})
+
+    pairs = [(o, r) for o, reasons in ROLLOUT_OUTCOMES.items() for r in reasons]
+    assert len(pairs) == 9 and {count(o, r) for o, r in pairs} == {0.0}
+    metrics.finished("rolled_back", "canary")
+    metrics.finished("rolled_back", "canary")
+    assert count("rolled_back", "canary") == 2 and count("failed", "swap_failed") == 0
+    assert count("promoted", "canary") is None  # only the listed pairs exist
 
 
 def test_intervals_cover_the_difference():
