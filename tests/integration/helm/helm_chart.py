@@ -162,6 +162,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "ingester": {"metricsPort": 9500, "serviceMonitor": {"enabled": True}},
         "training": {"metricsPort": 9401, "podMonitor": {"enabled": True}},
+        "deployController": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
         "dashboards": {"enabled": True, "annotations": {"grafana_folder": "RLHF"}},
         "networkPolicy": {
             "servingFrom": [{"namespaceSelector": {"matchLabels": {

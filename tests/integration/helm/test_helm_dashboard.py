@@ -248,7 +248,8 @@ def test_the_dashboard_covers_serving_feedback_training_and_deploy() -> None:
                    "sum by (kind) (rate(rlhf:ingest_accepted_total",
                    "sum by (source) (rate(rlhf:ingest_accepted_total",
                    "rlhf:rollout_state", "rlhf:rollout_replica_swap_seconds_bucket",
-                   "rlhf:rollout_decisions_total", "rlhf:online_signal"]:
+                   "rlhf:rollout_decisions_total", "rlhf:rollout_outcomes_total",
+                   "rlhf:online_signal"]:
         assert needed in exprs, needed
     ids = [p["id"] for p in _panels(dashboard)]
     assert len(ids) == len(set(ids))
@@ -282,6 +283,36 @@ def test_training_metrics_are_scraped_by_a_pod_monitor_on_their_port() -> None:
         "app.kubernetes.io/instance"] + "-training")
     assert any(p["port"] == "metrics" for rule in policy["spec"]["ingress"]
                for p in rule.get("ports", []))
+
+
+def test_controller_metrics_are_scraped_on_its_admin_port_past_its_network_policy() -> None:
+    """The deploy row's controller panels (rlhf:rollout_*) need a ServiceMonitor on the
+    controller's Service, at the port its /metrics is served on (RLHF_PORT, the admin
+    API's), and a restricted admin port must admit the metricsFrom peers as well."""
+    assert not [m for m in render("default").by_kind.get("ServiceMonitor", [])
+                if m["metadata"]["labels"]["app.kubernetes.io/component"] ==
+                "deploy-controller"]
+    rendered = render("ingress-and-autoscaling")
+    monitor = rendered.one("ServiceMonitor", "deploy-controller")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    [service] = [s for s in rendered.by_kind["Service"]
+                 if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "deploy-controller"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    pod = rendered.one("Deployment", "deploy-controller")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    target = next(p for p in container["ports"] if p["name"] == port["targetPort"])
+    assert target["containerPort"] == int(rendered.container_env(container)["RLHF_PORT"])
+    policy = rendered.get("NetworkPolicy", pod["metadata"]["labels"][
+        "app.kubernetes.io/instance"] + "-deploy-controller")
+    np = rendered.values["networkPolicy"]
+    assert np["deployControllerFrom"] and np["metricsFrom"]  # both restricted, and differ
+    assert np["deployControllerFrom"] != np["metricsFrom"]
+    assert [rule.get("from") for rule in policy["spec"]["ingress"]
+            if [p["port"] for p in rule["ports"]] == [target["name"]]] == [
+        np["deployControllerFrom"], np["metricsFrom"]]
 
 
 def test_dashboard_is_in_the_chart_package() -> None:

@@ -79,7 +79,7 @@ def test_crd_resources_have_the_expected_shape() -> None:
     monitored = render("ingress-and-autoscaling")
     monitors = monitored.by_kind["ServiceMonitor"]
     assert {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors} == {
-        "serving", "ingester"}
+        "serving", "ingester", "deploy-controller"}
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         if monitor["metadata"]["labels"]["app.kubernetes.io/component"] == "serving":

@@ -377,9 +377,15 @@ def test_deploy_controller_admits_admin_traffic_only_on_its_port(rendered: Rende
     template, container = _controller(rendered)
     policy = next(p for p in rendered.by_kind["NetworkPolicy"] if _selects(
         p["spec"]["podSelector"]["matchLabels"], template["metadata"]["labels"]))
-    [rule] = policy["spec"]["ingress"]
+    np, monitored = rendered.values["networkPolicy"], rendered.values["deployController"][
+        "serviceMonitor"]["enabled"]
+    rule, *scrape = policy["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == [container["ports"][0]["name"]]
-    assert rule.get("from", []) == rendered.values["networkPolicy"]["deployControllerFrom"]
+    assert rule.get("from", []) == np["deployControllerFrom"]
+    # Prometheus reaches /metrics on that port only when admin traffic is restricted and
+    # the ServiceMonitor is on (test_helm_dashboard checks that rule)
+    assert len(scrape) == int(bool(monitored and np["deployControllerFrom"] and
+                                   np["metricsFrom"]))
 
 
 def test_deploy_controller_is_one_pod_with_the_store_and_kafka(rendered: Rendered) -> None:
