@@ -94,13 +94,17 @@ def resolve_dtype(dtype: str, model: str) -> str:
 class VllmEngine:
     """``Engine`` on vLLM's ``AsyncLLM``."""
 
-    def __init__(self, model: str, settings: EngineSettings):
+    def __init__(self, model: str, settings: EngineSettings,
+                 served_model_name: str | None = None):
+        """``served_model_name`` labels vLLM's ``vllm:*`` series (``model_name``); without
+        it vLLM uses the checkpoint path ``model``."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.stats = EngineStats()
         args = AsyncEngineArgs(
             model=model,
+            served_model_name=served_model_name,
             max_model_len=settings.max_model_len,  # type: ignore[arg-type]
             dtype=resolve_dtype(settings.dtype, model),  # type: ignore[arg-type]
             tensor_parallel_size=settings.tensor_parallel_size,

@@ -67,7 +67,8 @@ class Runtime:
     async def _load(self) -> None:
         try:
             path = self.policy.path
-            engine = await asyncio.to_thread(VllmEngine, path, self.settings.engine)
+            engine = await asyncio.to_thread(VllmEngine, path, self.settings.engine,
+                                             self.model_name)
             self.engine = engine
             self.metrics.bind_engine(engine)
             stats = engine.stats

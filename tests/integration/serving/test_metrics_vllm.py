@@ -80,6 +80,8 @@ def test_vllm_histograms_are_served_and_count_the_request(server):
     assert delta("vllm:inter_token_latency_seconds_count") == 4
     assert delta("vllm:e2e_request_latency_seconds_sum") > 0
     assert {"vllm:num_requests_running", "vllm:num_requests_waiting"} <= after.keys()
+    # labelled with the served model name (what /v1/models lists), not the checkpoint path
+    assert set(re.findall(r'^vllm:\S*model_name="([^"]*)"', text, re.M)) == {"tiny"}
     # ...next to ours, in the same response, every family once.
     assert delta("rlhf:generation_tokens_total") == 5
     families = _families(text)
