@@ -45,6 +45,10 @@ class GrpcSettings(BaseModel):
     host: str = Field("0.0.0.0", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     max_workers: int = Field(32, ge=1, description="Concurrent RPCs served at once.")
+    stream_flush_ms: float = Field(
+        0.0, ge=0, le=1000, description="GenerateStream: wait this long after a token "
+        "before sending, so more tokens share the message (0: send what is ready at once; "
+        "under load the tokens of one engine step still share one message per choice).")
     max_receive_bytes: int = Field(
         8 << 20, ge=1024, description="Largest request message accepted (RESOURCE_EXHAUSTED "
                                       "beyond it).")

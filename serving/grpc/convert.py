@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from core.errors import InvalidRequest
 from protos.rlhf.v1 import feedback_pb2 as fpb
 from protos.rlhf.v1 import inference_pb2 as pb
 from serving import protocol as p
+from serving.handlers.openai import stream_error
 
 _SAMPLING_FIELDS = ("n", "max_tokens", "temperature", "top_p", "top_k", "seed",
                     "presence_penalty", "frequency_penalty", "min_tokens")
@@ -100,6 +104,84 @@ def to_stream_response(r: dict[str, Any]) -> pb.GenerateStreamResponse:
     return pb.GenerateStreamResponse(
         request_id=r["id"], model=r["model"], policy_version=r["policy_version"],
         choices=[to_choice(c) for c in r["choices"]], usage=to_usage(r.get("usage")))
+
+
+async def coalesce(lines: AsyncGenerator[str, None], flush_s: float = 0.0
+                   ) -> AsyncGenerator[pb.GenerateStreamResponse, None]:
+    """One message for everything the stream has ready: the SSE chunks that arrived while
+    the last message was being written (and, with ``flush_s``, within that long after the
+    first) become one ``GenerateStreamResponse`` with one choice per index, texts and
+    logprobs concatenated. Under load that is one write per engine step per choice, not
+    one per token; an idle stream still gets every token at once.
+
+    The stream is pulled by its own task; ending early (the RPC cancelled) cancels it,
+    which aborts the engine request.
+    """
+    # Bounded: while the client is slow (flow control blocks the write), the pump stops
+    # pulling from the engine instead of buffering the whole answer.
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+    end = object()
+
+    async def pump() -> None:
+        try:
+            async for line in lines:
+                if line.startswith("data: {"):
+                    await queue.put(line)
+        except Exception as exc:  # re-raised in the RPC's task
+            await queue.put(exc)
+            return
+        await queue.put(end)
+
+    task = asyncio.create_task(pump())
+    try:
+        done = False
+        while not done:
+            items = [await queue.get()]
+            if flush_s > 0:
+                await asyncio.sleep(flush_s)
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            chunks = []
+            for item in items:
+                if item is end:
+                    done = True
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    chunks.append(json.loads(item[6:]))
+            if chunks:
+                yield merge_stream_chunks(chunks)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def merge_stream_chunks(chunks: list[dict[str, Any]]) -> pb.GenerateStreamResponse:
+    """Several stream chunks of one request as one message, one choice per index."""
+    for chunk in chunks:
+        if "error" in chunk:
+            raise stream_error(chunk["error"])
+    first = chunks[0]
+    choices: dict[int, pb.Choice] = {}
+    usage = None
+    for chunk in chunks:
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for c in chunk.get("choices") or ():
+            piece = to_choice(c)
+            merged = choices.get(piece.index)
+            if merged is None:
+                choices[piece.index] = piece
+                continue
+            merged.text += piece.text
+            merged.logprobs.extend(piece.logprobs)
+            if piece.finish_reason:
+                merged.finish_reason = piece.finish_reason
+    return pb.GenerateStreamResponse(
+        request_id=first["id"], model=first["model"], policy_version=first["policy_version"],
+        choices=[choices[i] for i in sorted(choices)], usage=to_usage(usage))
 
 
 def to_models(models: p.ModelList) -> pb.ListModelsResponse:

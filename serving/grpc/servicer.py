@@ -10,8 +10,6 @@ with ``purpose="eval"``; ``x-rlhf-store: false`` does not log it at all.
 
 from __future__ import annotations
 
-import json
-
 import grpc
 from pydantic import TypeAdapter
 
@@ -23,7 +21,7 @@ from protos.rlhf.v1 import inference_pb2 as pb
 from serving import protocol as p
 from serving.grpc import convert
 from serving.grpc.errors import grpc_errors
-from serving.handlers.openai import RequestContext, stream_error
+from serving.handlers.openai import RequestContext
 from serving.http.middleware import client_request_id, is_eval, new_request_id
 from serving.runtime import Runtime
 
@@ -91,13 +89,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                             else handler.complete(req, ctx))
             chunks = result.stream
             assert chunks is not None
-            async for line in chunks:
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    raise stream_error(chunk["error"])
-                await context.write(convert.to_stream_response(chunk))
+            flush_s = self.runtime.settings.grpc.stream_flush_ms / 1000
+            async for batch in convert.coalesce(chunks, flush_s):
+                await context.write(batch)
         finally:
             if chunks is not None:
                 await chunks.aclose()

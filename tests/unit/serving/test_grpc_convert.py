@@ -67,3 +67,32 @@ def test_chat_chunks_and_logprobs_convert() -> None:
     assert out.choices[0].text == "hi"
     assert out.choices[0].logprobs[0].sampled.logprob == -0.5
     assert out.choices[0].logprobs[0].top[0].token == "yo"
+
+
+def test_stream_chunks_coalesce_one_choice_per_index() -> None:
+    def chunk(index, text, finish=None, usage=None):
+        return {"id": "cmpl-1", "model": "tiny", "policy_version": "v", "usage": usage,
+                "choices": [] if index is None else
+                [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]}
+
+    out = convert.merge_stream_chunks([
+        chunk(0, "a"), chunk(1, "x"), chunk(0, "b"), chunk(1, "y", "length"),
+        chunk(None, "", usage={"prompt_tokens": 2, "completion_tokens": 4,
+                               "total_tokens": 6})])
+    assert [(c.index, c.text, c.finish_reason) for c in out.choices] == \
+        [(0, "ab", ""), (1, "xy", "length")]
+    assert out.usage.total_tokens == 6
+
+
+async def test_coalesce_sends_what_is_ready_as_one_message() -> None:
+    lines = [f'data: {{"id": "c", "model": "m", "policy_version": "v", "choices": '
+             f'[{{"index": 0, "text": "{t}", "finish_reason": null}}]}}\n\n' for t in "abc"]
+
+    async def stream():
+        for line in lines:
+            yield line
+        yield "data: [DONE]\n\n"
+
+    messages = [m async for m in convert.coalesce(stream())]
+    assert "".join(c.text for m in messages for c in m.choices) == "abc"
+    assert len(messages) < len(lines)  # ready chunks share a message
