@@ -24,12 +24,13 @@ import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, NoReturn
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.producer.future import FutureRecordMetadata
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
@@ -113,22 +114,26 @@ def _close(producer: KafkaProducer, timeout: float) -> None:
         log.debug("closing producer failed", exc_info=True)
 
 
+Outcome = tuple[int, BaseException] | None
+"""How a batch settled: None when every record was acknowledged, else ``(index, error)``
+of the first record that failed (the error is KafkaTimeoutError when no ack came in time)."""
+
+
 class _Acks:
     """kafka-python's send futures for one batch, bridged to ONE asyncio future.
 
-    The record futures complete on the producer's I/O thread; the last ack (or the first
-    failure) settles the batch with a single ``loop.call_soon_threadsafe``, so a batch of
-    N records wakes the event loop once, not N times. The asyncio future's result is
-    ``None`` when every record was acknowledged, else ``(index, exception)`` of the first
-    record that failed.
+    The record futures complete on the producer's I/O thread; the last ack, the first
+    failure or the timeout settles the batch once (:class:`_Wakeups` carries that to the
+    loop). ``future``'s result is the batch's :data:`Outcome`.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, records: int):
-        self.loop = loop
-        self.future: asyncio.Future[tuple[int, BaseException] | None] = loop.create_future()
+    def __init__(self, wakeups: _Wakeups, records: int, timeout_s: float):
+        self.future: asyncio.Future[Outcome] = wakeups.loop.create_future()
+        self._wakeups = wakeups
         self._left = records
         self._settled = False
         self._lock = threading.Lock()
+        self._timer = wakeups.loop.call_later(timeout_s, self._expire, timeout_s)
 
     def watch(self, index: int, record: FutureRecordMetadata) -> None:
         record.add_callback(self._acked)
@@ -140,24 +145,55 @@ class _Acks:
             if self._left or self._settled:
                 return
             self._settled = True
-        self._settle(None)
+        self._wakeups.post(self, None)
 
     def _failed(self, index: int, error: BaseException) -> None:
         with self._lock:
             if self._settled:
                 return
             self._settled = True
-        self._settle((index, error))
+        self._wakeups.post(self, (index, error))
 
-    def _settle(self, outcome: tuple[int, BaseException] | None) -> None:
+    def _expire(self, timeout_s: float) -> None:  # on the loop
+        with self._lock:
+            self._settled = True
+        self.resolve((0, KafkaTimeoutError(f"no ack within {timeout_s:.1f}s")))
+
+    def resolve(self, outcome: Outcome) -> None:
+        """On the loop: the batch's outcome (unless it was settled or cancelled already)."""
+        self._timer.cancel()
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class _Wakeups:
+    """Settled batches handed from the producer's I/O thread to one event loop.
+
+    The I/O thread completes a whole produce response at a time; every batch it settles
+    meanwhile is queued here and the loop is woken ONCE for them all (each
+    ``call_soon_threadsafe`` is a write to the loop's self-pipe and a wake-up).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._settled: list[tuple[_Acks, Outcome]] = []
+        self._lock = threading.Lock()
+
+    def post(self, acks: _Acks, outcome: Outcome) -> None:
+        with self._lock:
+            self._settled.append((acks, outcome))
+            if len(self._settled) > 1:
+                return  # a wake-up is on its way already
         try:
-            self.loop.call_soon_threadsafe(self._resolve, outcome)
+            self.loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop has closed: nobody is waiting any more
             pass
 
-    def _resolve(self, outcome: tuple[int, BaseException] | None) -> None:
-        if not self.future.done():  # not cancelled or timed out meanwhile
-            self.future.set_result(outcome)
+    def _deliver(self) -> None:
+        with self._lock:
+            settled, self._settled = self._settled, []
+        for acks, outcome in settled:
+            acks.resolve(outcome)
 
 
 def _knows_topic(producer: KafkaProducer, topic: str) -> bool:
@@ -191,6 +227,8 @@ class FeedbackPublisher:
         self._failed_at = float("-inf")
         self._warming: dict[tuple[asyncio.AbstractEventLoop, str],
                             asyncio.Future[KafkaProducer]] = {}
+        self._wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeups] = \
+            weakref.WeakKeyDictionary()
 
     async def publish(self, topic: str, event: EventBase) -> None:
         """Send one event and wait for its ack; BrokerUnavailable within the timeout."""
@@ -207,19 +245,20 @@ class FeedbackPublisher:
         producer = await self._ready_producer(topic)
         acks = self._send(producer, topic, events)
         try:
-            failure = await asyncio.wait_for(acks.future, timeout=self._timeout_s)
-        except TimeoutError:
-            self._reset(producer)
-            raise BrokerUnavailable(
-                f"no ack from Kafka at {self._kafka.bootstrap_servers} within "
-                f"{self._timeout_s:.1f}s") from None
+            failure = await acks.future
+        finally:
+            acks.resolve(None)  # cancelled: stop the timer
         if failure is not None:
             self._raise_for(producer, events, *failure)
 
     def _send(self, producer: KafkaProducer, topic: str,
               events: Sequence[EventBase]) -> _Acks:
         """Hand every event to the producer (non-blocking: the topic's metadata is known)."""
-        acks = _Acks(asyncio.get_running_loop(), len(events))
+        loop = asyncio.get_running_loop()
+        wakeups = self._wakeups.get(loop)
+        if wakeups is None:
+            wakeups = self._wakeups[loop] = _Wakeups(loop)
+        acks = _Acks(wakeups, len(events), self._timeout_s)
         for index, e in enumerate(events):
             try:
                 record = producer.send(topic, key=event_key(e), value=encode_event(e),
