@@ -315,6 +315,23 @@ def test_controller_metrics_are_scraped_on_its_admin_port_past_its_network_polic
         np["deployControllerFrom"], np["metricsFrom"]]
 
 
+def test_serving_metrics_are_scraped_past_a_restricted_serving_policy() -> None:
+    """Serving's /metrics is on its HTTP port: with servingFrom restricted and the
+    ServiceMonitor on, the metricsFrom peers are admitted to that port as well."""
+    rendered = render("ingress-and-autoscaling")
+    np = rendered.values["networkPolicy"]
+    assert rendered.values["serving"]["serviceMonitor"]["enabled"]
+    assert np["servingFrom"] and np["metricsFrom"] and np["servingFrom"] != np["metricsFrom"]
+    http_rules = [rule.get("from") for rule in _serving_policy(rendered)["spec"]["ingress"]
+                  if [p["port"] for p in rule["ports"]] == ["http"]]
+    assert np["metricsFrom"] in http_rules
+
+
+def _serving_policy(rendered) -> dict:
+    return next(p for p in rendered.by_kind["NetworkPolicy"]
+                if p["metadata"]["labels"]["app.kubernetes.io/component"] == "serving")
+
+
 def test_dashboard_is_in_the_chart_package() -> None:
     ignored = (CHART / ".helmignore").read_text() if (CHART / ".helmignore").exists() else ""
     assert "dashboards" not in ignored
