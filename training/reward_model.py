@@ -34,22 +34,54 @@ def last_token_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tor
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
 
+def scalar_head(hidden_size: int, seed: int | None = None) -> nn.Linear:
+    """A fresh (H → 1) reward head: weight ~ N(0, 1/(H+1)), bias 0.
+
+    On a normalised final hidden state (RMS about 1) initial rewards then have about unit
+    scale; benchmarks/README.md compares it with TRL's N(0, 0.02²). With ``seed`` the
+    weight is a function of the seed alone (its own generator, whatever else drew from
+    the global RNG), so a benchmark can give a peer trainer the very same initial head.
+    """
+    head = nn.Linear(hidden_size, 1)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    nn.init.normal_(head.weight, std=1.0 / (hidden_size + 1) ** 0.5, generator=generator)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def disable_dropout(module: nn.Module) -> int:
+    """Zero every dropout of ``module``; returns how many were non-zero.
+
+    Covers ``nn.Dropout`` layers (GPT-2's residual, attention and embedding dropout) and
+    the attention-dropout rate that transformers' attention modules keep as a float and
+    apply only in training mode (Llama, Mistral, Qwen: ``attention_dropout``).
+    """
+    changed = 0
+    for m in module.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            m.p, changed = 0.0, changed + 1
+        rate = getattr(m, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            m.attention_dropout, changed = 0.0, changed + 1
+    return changed
+
+
 class RewardModel(nn.Module):
     """r(x, y) = head(h_last) + bias, where h_last is the backbone's last-token state."""
 
-    def __init__(self, backbone: nn.Module, bias: float = 0.0, bias_info: dict | None = None):
+    def __init__(self, backbone: nn.Module, bias: float = 0.0, bias_info: dict | None = None,
+                 head_seed: int | None = None):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.config.hidden_size, 1)
-        nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
-        nn.init.zeros_(self.head.bias)
+        self.head = scalar_head(backbone.config.hidden_size, head_seed)
         self.register_buffer("bias", torch.tensor(float(bias)))
         self.bias_info = bias_info or {}
 
     @classmethod
-    def from_causal_lm(cls, path: Path | str) -> RewardModel:
-        """Backbone from a causal-LM (or reward) checkpoint; the LM head is dropped."""
-        return cls(AutoModel.from_pretrained(path, dtype=torch.float32))
+    def from_causal_lm(cls, path: Path | str, head_seed: int | None = None) -> RewardModel:
+        """Backbone from a causal-LM (or reward) checkpoint; the LM head is dropped and a
+        fresh scalar head added (``scalar_head(H, head_seed)``)."""
+        return cls(AutoModel.from_pretrained(path, dtype=torch.float32), head_seed=head_seed)
 
     @classmethod
     def from_pretrained(cls, path: Path | str) -> RewardModel:

@@ -2,10 +2,12 @@
 
 Each batch element is one prompt group: its K responses are scored once and every score
 is reused in all C(K,2) pairs of the group (``kway_ranking_loss``); comparisons are
-groups with K = 2 and ties give no pair. Train and eval are split by prompt. After
-training, a bias makes labeler demonstrations score 0 on average (or, without
-demonstrations, the policy's samples: the ranked responses). The result is a reward
-version in the registry, announced as a candidate.
+groups with K = 2 and ties give no pair. Dropout is off while training (``dropout``): a
+response scored once carries one dropout mask into all K − 1 of its pairs (see the reward
+section of benchmarks/README.md). Train and eval are split by prompt. After training, a
+bias makes labeler demonstrations score 0 on average (or, without demonstrations, the
+policy's samples: the ranked responses). The result is a reward version in the registry,
+announced as a candidate.
 
 Run: ``rlhf train reward --config training/configs/reward.yaml``.
 """
@@ -43,7 +45,7 @@ from training.datasets import (
 )
 from training.losses import kway_ranking_loss, pairwise_preferences
 from training.metrics import MetricsLog
-from training.reward_model import RewardModel, score_pairs
+from training.reward_model import RewardModel, disable_dropout, score_pairs
 from training.runs import (
     Snapshot,
     cosine_optimizer,
@@ -77,6 +79,10 @@ class RewardConfig(RunConfig):
     lora: LoraSettings | None = Field(
         None, description="Train LoRA adapters on the backbone (and the full head) instead "
                           "of the whole RM; merged into a full checkpoint when saved.")
+    dropout: bool = Field(
+        False, description="Train with the backbone's dropout; by default every dropout is "
+                           "switched off (as TRL's RewardTrainer does), so a response's "
+                           "reward does not depend on a random mask.")
     train_on_user_feedback: bool = Field(
         False, description="Train on rankings/comparisons from `user` keys too; by default "
                            "only labeler and admin feedback trains, user feedback is kept "
@@ -202,7 +208,9 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     eval_loader = DataLoader(eval_groups, batch_size=per_process, collate_fn=collate)
 
     # 3. The base policy's transformer plus a scalar head; optimiser and schedule.
-    model = RewardModel.from_causal_lm(base_path)
+    model = RewardModel.from_causal_lm(base_path, head_seed=cfg.seed)
+    if not cfg.dropout:
+        disable_dropout(model)
     if cfg.lora is not None:
         if cfg.fsdp:
             raise ValueError("lora with fsdp is not supported; set one of them")
