@@ -148,12 +148,10 @@ class LevelResult:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    """numpy's percentile (linear interpolation between closest ranks)."""
+    import numpy
+
+    return float(numpy.percentile(values, q))
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ importable by processes that have no HTTP API (the ingester).
 
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from core.auth import Caller, KeyRing, bearer_token
@@ -24,14 +24,16 @@ from core.errors import (
 log = logging.getLogger(__name__)
 
 
-def require_role(minimum: str) -> Callable[..., Caller]:
+def require_role(minimum: str) -> Callable[..., Awaitable[Caller]]:
     """FastAPI dependency: the caller, if its key has at least ``minimum`` role.
 
     The app keeps its :class:`~core.auth.KeyRing` in ``app.state.keyring``.
     """
     from fastapi import Request
 
-    def dependency(request: Request) -> Caller:
+    async def dependency(request: Request) -> Caller:
+        # async: cheap (digest compare), and a sync dependency costs every request a hop
+        # through FastAPI's thread pool.
         ring: KeyRing = request.app.state.keyring
         return ring.authorize(bearer_token(request.headers.get("authorization"),
                                            request.headers.get("x-api-key")), minimum)
