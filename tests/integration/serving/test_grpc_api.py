@@ -148,7 +148,9 @@ def test_health_and_reflection(channel):
 
 
 def _metric(server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
+    # 30 s: while a LONG request (64 choices x 20 logprobs) is being torn down, the server's
+    # loop can be busy for seconds on two shared cores; httpx's default 5 s then flakes.
+    text = httpx.get(server.url + "/metrics", timeout=30).text
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
                if ln.startswith(name + " "))
 
