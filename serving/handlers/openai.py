@@ -29,7 +29,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -68,7 +68,6 @@ class Answer:
     """A handler's result: a final body, or a stream of SSE ``data:`` lines."""
 
     policy_version: str
-    completion_id: str
     body: dict[str, Any] | None = None
     stream: AsyncGenerator[str, None] | None = None
 
@@ -176,19 +175,17 @@ class OpenAIHandler:
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
         from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+        from vllm.renderers.chat_utils import load_chat_template
         from vllm.renderers.online_renderer import OnlineRenderer
 
         self.llm, self.model_name, self.policy, self.metrics = llm, model_name, policy, metrics
         self.sink, self.default_max_tokens = sink, default_max_tokens
         self.max_waiting, self.limits = max_waiting, limits or LimitSettings()
         self._waiting = waiting or (lambda: 0)
-        self.max_model_len = llm.model_config.max_model_len
         client: Any = _ObservedEngine(llm, self)  # duck-typed EngineClient
         self.models_serving = OpenAIServingModels(
             engine_client=client,
             base_model_paths=[BaseModelPath(name=model_name, model_path=model_path)])
-        from vllm.renderers.chat_utils import load_chat_template
-
         opts = options or OpenAISettings()
         template = load_chat_template(opts.chat_template)
         tools: dict[str, Any] = {"enable_auto_tools": opts.enable_auto_tool_choice,
@@ -257,11 +254,11 @@ class OpenAIHandler:
                 raise _api_error(result, req)
             if req.stream:
                 streaming = True
-                return Answer(lease.version, call.completion_id,
+                return Answer(lease.version,
                               stream=self._stamped(result, call, lease))
             body = result.model_dump()
             body["policy_version"] = lease.version
-            return Answer(lease.version, call.completion_id, body=body)
+            return Answer(lease.version, body=body)
         except ApiError as err:
             lease.release("error" if err.status >= 500 else None)
             raise
@@ -317,16 +314,19 @@ class OpenAIHandler:
                                  f"{self.limits.max_stop_chars} (RLHF_LIMITS__MAX_STOP_CHARS)",
                                  param="stop")
 
+    def _check_chars(self, chars: int, param: str, unit: str) -> None:
+        if chars > self.limits.max_prompt_chars:
+            raise PayloadTooLarge(f"{param}: {chars} {unit}; at most "
+                                  f"{self.limits.max_prompt_chars} (RLHF_LIMITS__MAX_PROMPT_CHARS)",
+                                  param=param)
+
     def _check_completion(self, req: p.CompletionRequest) -> None:
         self._check_common(req)
         if req.prompt is None and req.prompt_embeds is None:
             raise InvalidRequest("prompt: required", param="prompt")
         prompts = req.prompt if isinstance(req.prompt, list) else [req.prompt]
-        chars = sum(len(x) for x in prompts if isinstance(x, str))
-        if chars > self.limits.max_prompt_chars:
-            raise PayloadTooLarge(f"prompt: {chars} characters; at most "
-                                  f"{self.limits.max_prompt_chars} (RLHF_LIMITS__MAX_PROMPT_CHARS)",
-                                  param="prompt")
+        self._check_chars(sum(len(x) for x in prompts if isinstance(x, str)), "prompt",
+                          "characters")
 
     def _check_chat(self, req: p.ChatCompletionRequest) -> None:
         self._check_common(req)
@@ -334,11 +334,8 @@ class OpenAIHandler:
             raise InvalidRequest(f"messages: {len(req.messages)} messages; at most "
                                  f"{self.limits.max_messages} (RLHF_LIMITS__MAX_MESSAGES)",
                                  param="messages")
-        chars = sum(_content_chars(m) for m in req.messages)
-        if chars > self.limits.max_prompt_chars:
-            raise PayloadTooLarge(f"messages: {chars} characters in all; at most "
-                                  f"{self.limits.max_prompt_chars} (RLHF_LIMITS__MAX_PROMPT_CHARS)",
-                                  param="messages")
+        self._check_chars(sum(_content_chars(m) for m in req.messages), "messages",
+                          "characters in all")
 
     # -- the completion log -------------------------------------------------------------
     def _log(self, call: _Call, gen: _Generation) -> None:
@@ -414,10 +411,14 @@ def _api_error(resp: Any, request: Any = None) -> ApiError:
     endpoint's ``prompt`` or ``messages``.
     """
     info = resp.error
-    cls = _BY_STATUS.get(info.code, ApiError)
-    err = cls(info.message, param=_param(info.param, info.message, request))
+    return _error(info.code, info.message, _param(info.param, info.message, request))
+
+
+def _error(status: int, message: str, param: str | None) -> ApiError:
+    cls = _BY_STATUS.get(status, ApiError)
+    err = cls(message, param=param)
     if cls is ApiError:
-        err.status = info.code
+        err.status = status
     return err
 
 
@@ -435,8 +436,8 @@ def _param(param: str | None, message: str, request: Any) -> str | None:
 
 def stream_error(error: dict[str, Any]) -> ApiError:
     """The error chunk of a stream (vLLM sends one when generation fails mid-stream)."""
-    cls = _BY_STATUS.get(int(error.get("code") or 500), ApiError)
-    return cls(str(error.get("message") or "generation failed"), param=error.get("param"))
+    return _error(int(error.get("code") or 500), str(error.get("message") or
+                                                      "generation failed"), error.get("param"))
 
 
 def as_api_error(exc: Exception) -> ApiError:
@@ -466,12 +467,3 @@ def _mapped(exc: BaseException, request: Any = None) -> BaseException:
         if resp.error.code < 500:
             return _api_error(resp, request)
     return exc
-
-
-async def drain(chunks: AsyncIterator[str]) -> list[dict[str, Any]]:
-    """Parse an SSE stream into its JSON chunks (for gRPC and tests)."""
-    out = []
-    async for chunk in chunks:
-        if chunk.startswith("data: {"):
-            out.append(json.loads(chunk[6:]))
-    return out
