@@ -98,6 +98,7 @@ class VllmEngine:
                  served_model_name: str | None = None):
         """``served_model_name`` labels vLLM's ``vllm:*`` series (``model_name``); without
         it vLLM uses the checkpoint path ``model``."""
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -113,6 +114,11 @@ class VllmEngine:
             enforce_eager=settings.enforce_eager,
             seed=settings.seed,
             kv_cache_memory_bytes=_kv_cache_bytes(settings),
+            # vLLM allows the flag only with a named backend, not "auto".
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar" if settings.structured_outputs_disable_any_whitespace
+                else "auto",
+                disable_any_whitespace=settings.structured_outputs_disable_any_whitespace),
             disable_log_stats=False,  # vLLM's stat loggers: our hook and vllm:* metrics
         )
         with _BUILD_LOCK:

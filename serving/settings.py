@@ -68,6 +68,12 @@ class EngineSettings(BaseModel):
         1024, ge=1, description="Requests beyond this many queued are refused with 429.")
     enforce_eager: bool = Field(True, description="Skip CUDA graphs / torch.compile warm-up.")
     seed: int = Field(0, description="Engine seed (per-request seeds override it).")
+    structured_outputs_disable_any_whitespace: bool = Field(
+        False, description="Structured outputs (response_format, guided JSON) emit no "
+        "whitespace between JSON tokens (vLLM's structured_outputs_config."
+        "disable_any_whitespace; selects the xgrammar backend, which vLLM requires for "
+        "it). Small or weak models otherwise may pad JSON with whitespace until "
+        "max_tokens.")
     kv_cache_space_gib: float | None = Field(
         None, gt=0, description="KV cache size in GiB (default: 1 GiB on CPUs; on GPUs vLLM "
                                 "sizes it from gpu_memory_utilization).")
