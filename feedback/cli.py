@@ -7,6 +7,7 @@ from ``RLHF_…`` environment variables.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -88,6 +89,11 @@ def ingest() -> None:
     serve_metrics(settings.metrics_port)
     ingester = Ingester(settings, store=store)
     _on_shutdown_signal(ingester.stop)
+    # Everything built so far (modules, SQLAlchemy's and pydantic's caches) lives for the
+    # whole process: keep it out of the collector's generations, so the collections that
+    # the per-event objects trigger do not rescan it (~20 % of decode + persist).
+    gc.collect()
+    gc.freeze()
     logging.getLogger(__name__).info("ingesting %s and %s from %s into %s",
                                      settings.kafka.topics.completions,
                                      settings.kafka.topics.feedback,

@@ -17,6 +17,14 @@ class IngestSettings(ProcessSettings):
     group_id: str = Field("rlhf-ingest", description="Kafka consumer group of the ingesters.")
     batch_size: int = Field(500, ge=1, description="Most events persisted in one transaction.")
     poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for events.")
+    fetch_min_bytes: int = Field(
+        64 << 10, ge=1, description="The broker answers a fetch once it has this many "
+        "bytes or fetch_max_wait_ms passed, so a trickle of events (single feedback POSTs) "
+        "is stored in batches rather than a few at a time: every batch costs a "
+        "transaction and an offset commit. 1 answers at once.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, description="Longest the broker holds a fetch waiting for "
+        "fetch_min_bytes: the most latency the batching adds.")
     session_timeout_ms: int = Field(10000, ge=1000, description="Consumer group session timeout.")
     max_poll_interval_ms: int = Field(
         60000, ge=1000, description="Longest gap between polls before the group rebalances.")

@@ -78,6 +78,11 @@ class Runtime:
                 max_waiting=self.settings.engine.max_waiting_requests,
                 limits=self.settings.limits, waiting=lambda: stats.waiting,
                 options=self.settings.openai)
+            # As vLLM's own server does after start-up: the heap built so far (torch,
+            # transformers, vLLM) is never collected, so full collections stop rescanning it.
+            from vllm.utils.gc_utils import freeze_gc_heap
+
+            freeze_gc_heap()
             self.policy.loaded = True
             log.info("Serving %s (policy %s)", self.model_name, self.policy.version)
         except Exception as exc:  # surfaced by /health and the process exit code

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -59,6 +60,8 @@ def make_consumer(settings: IngestSettings) -> KafkaConsumer:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
         max_poll_interval_ms=settings.max_poll_interval_ms,
+        fetch_min_bytes=settings.fetch_min_bytes,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
 
 
@@ -257,8 +260,8 @@ class Ingester:
     def _count(self, records: Sequence, batch: Routed, result: PersistResult,
                n_bad: int) -> None:
         m = self.metrics
-        for r in records:
-            m.consumed.labels(r.topic).inc()
+        for topic, n in Counter(r.topic for r in records).items():
+            m.consumed.labels(topic).inc(n)
         m.count_accepted(batch.events, result.rejected)
         m.persisted.labels("completion").inc(result.completions)
         m.persisted.labels("feedback").inc(result.feedback + result.resolved)
