@@ -272,6 +272,8 @@ RLHF_DATABASE__ECHO: {{ .Values.database.echo | quote }}
 RLHF_GROUP_ID: {{ $s.groupId | quote }}
 RLHF_BATCH_SIZE: {{ $s.batchSize | int64 | quote }}
 RLHF_POLL_TIMEOUT_MS: {{ $s.pollTimeoutMs | int64 | quote }}
+RLHF_FETCH_MIN_BYTES: {{ $s.fetchMinBytes | int64 | quote }}
+RLHF_FETCH_MAX_WAIT_MS: {{ $s.fetchMaxWaitMs | int64 | quote }}
 RLHF_SESSION_TIMEOUT_MS: {{ $s.sessionTimeoutMs | int64 | quote }}
 RLHF_MAX_POLL_INTERVAL_MS: {{ $s.maxPollIntervalMs | int64 | quote }}
 RLHF_METRICS_PORT: {{ $s.metricsPort | int64 | quote }}
