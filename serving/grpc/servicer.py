@@ -90,8 +90,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             chunks = result.stream
             assert chunks is not None
             flush_s = self.runtime.settings.grpc.stream_flush_ms / 1000
-            async for batch in convert.coalesce(chunks, flush_s):
-                await context.write(batch)
+            messages = convert.coalesce(chunks, flush_s)
+            try:
+                async for batch in messages:
+                    await context.write(batch)
+            finally:  # first: it may hold the stream's step that the aclose below needs
+                await messages.aclose()
         finally:
             if chunks is not None:
                 await chunks.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -96,3 +97,99 @@ async def test_coalesce_sends_what_is_ready_as_one_message() -> None:
     messages = [m async for m in convert.coalesce(stream())]
     assert "".join(c.text for m in messages for c in m.choices) == "abc"
     assert len(messages) < len(lines)  # ready chunks share a message
+
+
+def _line(text: str, index: int = 0) -> str:
+    return (f'data: {{"id": "c", "model": "m", "policy_version": "v", "choices": '
+            f'[{{"index": {index}, "text": "{text}", "finish_reason": null}}]}}\n\n')
+
+
+async def test_coalesce_waits_in_its_own_task_and_merges_what_arrived_meanwhile() -> None:
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    closed = []
+
+    async def stream():
+        try:
+            while (line := await queue.get()) is not None:
+                yield line
+        finally:
+            closed.append(True)
+
+    messages = convert.coalesce(stream())
+    queue.put_nowait(_line("a"))
+    first = await anext(messages)
+    assert [c.text for c in first.choices] == ["a"]
+    for text, index in (("b", 0), ("x", 1), ("c", 0)):  # arrive while "a" is written
+        queue.put_nowait(_line(text, index))
+    second = await anext(messages)
+    assert [(c.index, c.text) for c in second.choices] == [(0, "bc"), (1, "x")]
+    waiting = asyncio.ensure_future(anext(messages))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # nothing ready: it waits for the next chunk
+    queue.put_nowait(_line("d"))
+    queue.put_nowait(None)
+    assert [c.text for c in (await waiting).choices] == ["d"]
+    with pytest.raises(StopAsyncIteration):
+        await anext(messages)
+    assert closed == [True]
+
+
+async def test_closing_coalesce_unwinds_the_stream_at_once() -> None:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    events = []
+
+    async def stream():
+        try:
+            while True:
+                yield await queue.get()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0)  # cleanup that awaits (the engine abort) still runs
+            events.append("closed")
+
+    lines = stream()
+    messages = convert.coalesce(lines)
+    queue.put_nowait(_line("a"))
+    await anext(messages)  # its drain left a step of the stream waiting on the queue
+    await messages.aclose()
+    assert events == ["cancelled", "closed"]
+    await lines.aclose()  # not "already running"
+
+
+async def test_a_cancelled_rpc_task_cancels_the_stream_step_it_waits_on() -> None:
+    events = []
+
+    async def stream():
+        try:
+            await asyncio.Event().wait()
+            yield _line("never")
+        finally:
+            events.append("closed")
+
+    messages = convert.coalesce(stream())
+    task = asyncio.ensure_future(anext(messages))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["closed"]
+
+
+async def test_chunks_before_a_stream_error_are_sent_first() -> None:
+    async def stream():
+        yield _line("a")
+        raise RuntimeError("engine died")
+
+    messages = convert.coalesce(stream())
+    assert [c.text for c in (await anext(messages)).choices] == ["a"]
+    with pytest.raises(RuntimeError, match="engine died"):
+        await anext(messages)
+
+
+def test_chunks_that_orjson_refuses_still_parse() -> None:
+    line = ('data: {"id": "c", "model": "m", "policy_version": "v", "choices": [{"index": 0, '
+            '"text": "a", "logprobs": {"tokens": ["a"], "token_logprobs": [-Infinity], '
+            '"top_logprobs": [null]}}]}\n\n')
+    assert convert._chunk(line)["choices"][0]["logprobs"]["token_logprobs"] == [-math.inf]
