@@ -200,10 +200,11 @@ def start_vllm(model: Path, workdir: Path) -> tuple[ServerProcess, str]:
     return ServerProcess("vLLM api_server", cmd, url + "/health", workdir / "vllm.log"), url
 
 
-def start_rlhf(model: Path, workdir: Path, bootstrap: str | None = None
-               ) -> tuple[ServerProcess, str, str]:
+def start_rlhf(model: Path, workdir: Path, bootstrap: str | None = None,
+               grpc_flush_ms: float | None = None) -> tuple[ServerProcess, str, str]:
     """``rlhf serve``; with ``bootstrap``, its completion log goes to that broker (as in
-    production, where it is on by default)."""
+    production, where it is on by default); with ``grpc_flush_ms``, that
+    ``RLHF_GRPC__STREAM_FLUSH_MS`` (gRPC streams only; the default is the server's)."""
     port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "rlhf", "serve", "--model", str(model),
            "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
@@ -212,6 +213,8 @@ def start_rlhf(model: Path, workdir: Path, bootstrap: str | None = None
     events = {"RLHF_PUBLISH_EVENTS": "true", "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
               "RLHF_FOLLOW_POLICY_EVENTS": "false"} if bootstrap else \
         {"RLHF_PUBLISH_EVENTS": "false"}
+    if grpc_flush_ms is not None:
+        events["RLHF_GRPC__STREAM_FLUSH_MS"] = str(grpc_flush_ms)
     server = ServerProcess("rlhf serve", cmd, url + "/ready", workdir / "rlhf.log",
                            env={**events, "PYTHONPATH": str(REPO)})
     return server, url, f"127.0.0.1:{grpc_port}"
@@ -399,7 +402,8 @@ def write_json(path: Path, results: list[LevelResult], args: argparse.Namespace,
                  "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
                  "stream": True, "ignore_eos": True,
                  "seconds_per_level": args.seconds_per_level,
-                 "completion_log": args.completion_log},
+                 "completion_log": args.completion_log,
+                 "grpc_flush_ms": args.grpc_flush_ms},
         "results": [_with_ratios(r.summary(), rs.get((r.target, r.concurrency)))
                     for r in results],
     }
@@ -454,6 +458,9 @@ def parse_args() -> argparse.Namespace:
                    help="warm-up requests per target, at the highest concurrency")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--grpc-flush-ms", type=float, default=None,
+                   help="run rlhf serve with this RLHF_GRPC__STREAM_FLUSH_MS (default: the "
+                        "server's own, 0: every token is sent at once)")
     p.add_argument("--targets", nargs="+", default=["vllm", "http", "grpc"],
                    choices=["vllm", "http", "grpc"])
     p.add_argument("--out", type=Path,
@@ -471,7 +478,8 @@ def run_vllm(model: Path, workdir: Path, load: Load, args: argparse.Namespace
 
 def run_rlhf(model: Path, workdir: Path, load: Load, args: argparse.Namespace
              ) -> list[LevelResult]:
-    server, url, grpc_address = start_rlhf(model, workdir, args.bootstrap)
+    server, url, grpc_address = start_rlhf(model, workdir, args.bootstrap,
+                                           args.grpc_flush_ms)
     results: list[LevelResult] = []
     with server:
         if "http" in args.targets:
