@@ -122,20 +122,26 @@ class Traffic:
     failures: list[str] = field(default_factory=list)
     samples: list[tuple[float, dict[str, tuple[bool, str]]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _stop_sampling: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> Traffic:
         names = sorted(self.fleet.replicas)
         self._threads = [threading.Thread(target=self._client, args=(names[i % 3], i))
                          for i in range(self.workers)]
-        self._threads.append(threading.Thread(target=self._sampler))
-        for t in self._threads:
+        self._sampling = threading.Thread(target=self._sampler)
+        for t in [*self._threads, self._sampling]:
             t.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        # Clients first: the sampler keeps sampling until the last answer is in, so every
+        # answer has a sample of its replica's version after it ended.
         self._stop.set()
         for t in self._threads:
             t.join(60)
+        time.sleep(0.3)
+        self._stop_sampling.set()
+        self._sampling.join(60)
 
     def wait_answers(self, more: int) -> None:
         """Until ``more`` answers beyond those so far have come back."""
@@ -182,7 +188,7 @@ class Traffic:
 
     def _sampler(self) -> None:
         with httpx.Client(timeout=5) as http:
-            while not self._stop.is_set():
+            while not self._stop_sampling.is_set():
                 state = {}
                 for name, server in self.fleet.replicas.items():
                     try:
