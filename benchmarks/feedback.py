@@ -146,10 +146,10 @@ class CpuMeter:
 def start_ingester(kafka: KafkaSettings, db_url: str, workdir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO),
            "RLHF_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "RLHF_DATABASE__URL": db_url, "RLHF_METRICS_PORT": "0",
-           "RLHF_GROUP_ID": "bench", "RLHF_LOG_LEVEL": "warning",
-           "RLHF_SESSION_TIMEOUT_MS": "3000", "RLHF_MAX_POLL_INTERVAL_MS": "10000",
-           "RLHF_POLL_TIMEOUT_MS": "100"}
+           "RLHF_DATABASE__URL": db_url, "RLHF_INGEST__METRICS_PORT": "0",
+           "RLHF_INGEST__GROUP_ID": "bench", "RLHF_LOG_LEVEL": "warning",
+           "RLHF_INGEST__SESSION_TIMEOUT_MS": "3000", "RLHF_INGEST__MAX_POLL_INTERVAL_MS": "10000",
+           "RLHF_INGEST__POLL_TIMEOUT_MS": "100"}
     log = open(workdir / "ingest.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen([sys.executable, "-m", "feedback.cli", "ingest"], env=env,
                             cwd=REPO, stdout=log, stderr=log)

@@ -238,9 +238,9 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     home = args.home or Path(tempfile.mkdtemp(prefix="rlhf-soak-"))
     ports = {n: free_port() for n in ("HTTP_PORT", "GRPC_PORT", "BROKER_PORT", "DEPLOY_PORT",
                                       "INGEST_METRICS_PORT", "WORKBENCH_PORT")}
-    env = {**{f"RLHF_{k}": str(v) for k, v in ports.items()}, "RLHF_HOME": str(home),
-           "RLHF_CONFIG_DIR": str(REPO / "training" / "configs" / "demo"),
-           "RLHF_TRAIN_EVERY_S": "1000000", "RLHF_AUTO_PROMOTE": "false"}
+    env = {**{f"RLHF_UP__{k}": str(v) for k, v in ports.items()}, "RLHF_UP__HOME": str(home),
+           "RLHF_UP__CONFIG_DIR": str(REPO / "training" / "configs" / "demo"),
+           "RLHF_UP__TRAIN_EVERY_S": "1000000", "RLHF_UP__AUTO_PROMOTE": "false"}
     url = f"http://127.0.0.1:{ports['HTTP_PORT']}"
     deploy = f"http://127.0.0.1:{ports['DEPLOY_PORT']}"
     bootstrap = f"127.0.0.1:{ports['BROKER_PORT']}"

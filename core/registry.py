@@ -139,13 +139,29 @@ def parse_version(version: str) -> tuple[Kind, int]:
 
 
 class Registry:
-    """Versions under ``root``; see the module docstring for the layout."""
+    """Versions under ``root``; see the module docstring for the layout.
 
-    def __init__(self, root: Path | str):
+    ``create=False`` is for readers such as ``rlhf deploy status``: a missing root reads
+    as an empty registry (no versions, nothing live), and nothing is created until
+    create_version writes the first version.
+    """
+
+    def __init__(self, root: Path | str, *, create: bool = True):
         self.root = Path(root)
+        if create:
+            self._make_dirs()
+
+    def _make_dirs(self) -> None:
+        """The layout's directories (create_version makes them before writing; set_live
+        and update_gates write only where a version, hence the root, exists)."""
         for kind in KINDS:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         (self.root / ".tmp").mkdir(exist_ok=True)
+
+    def _entries(self, sub: str) -> builtins.list[Path]:
+        """What ``root/sub`` holds; nothing when it does not exist (an unwritten root)."""
+        d = self.root / sub
+        return builtins.list(d.iterdir()) if d.is_dir() else []
 
     # -- reading ---------------------------------------------------------------------
     def path(self, version: str) -> Path:
@@ -168,7 +184,7 @@ class Registry:
         """Manifests of every complete version (of ``kind``), oldest first."""
         found = []
         for k in (kind,) if kind else KINDS:
-            for d in (self.root / k).iterdir():
+            for d in self._entries(k):
                 if _VERSION_RE.match(d.name) and (d / MANIFEST).is_file():
                     found.append(d.name)
         return [self.get(v) for v in sorted(found, key=lambda v: (v[0], parse_version(v)[1]))]
@@ -195,6 +211,7 @@ class Registry:
         """
         if kind not in KINDS:
             raise RegistryError(f"kind must be one of {KINDS}, got {kind!r}")
+        self._make_dirs()
         staging = self.root / ".tmp" / uuid.uuid4().hex
         try:
             shutil.copytree(src_dir, staging, ignore=shutil.ignore_patterns(MANIFEST, GATES))
@@ -221,14 +238,14 @@ class Registry:
         raise RegistryError("could not allocate a version id after 100 tries")
 
     def _next_number(self, kind: Kind) -> int:
-        numbers = [parse_version(d.name)[1] for d in (self.root / kind).iterdir()
+        numbers = [parse_version(d.name)[1] for d in self._entries(kind)
                    if _VERSION_RE.match(d.name)]
         return max(numbers, default=0) + 1
 
     def clean_staging(self, older_than_s: float = 3600.0) -> int:
         """Remove temp dirs left by crashed writers (older than a live write could be)."""
         cutoff, removed = time.time() - older_than_s, 0
-        for d in (self.root / ".tmp").iterdir():
+        for d in self._entries(".tmp"):
             if d.stat().st_mtime < cutoff:
                 shutil.rmtree(d, ignore_errors=True)
                 removed += 1
@@ -261,7 +278,7 @@ class Registry:
         """Make ``version`` (a policy) live: append to the history, then replace live.json."""
         if parse_version(version)[0] != "policy":
             raise RegistryError(f"only a policy can be live, got {version!r}")
-        self.path(version)
+        self.path(version)  # so root exists for the lock and the history
         # One writer at a time across processes (CLI promote vs. the controller).
         with open(self.root / ".live.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

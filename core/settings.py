@@ -7,25 +7,97 @@ chart maps its values onto exactly these variables.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "RLHF_"
 
 
+def is_section(field: FieldInfo) -> bool:
+    """A nested settings section (``RLHF_<SECTION>__<NAME>``), not a plain value."""
+    return any(isinstance(t, type) and issubclass(t, BaseModel)
+               for t in (field.annotation, *typing.get_args(field.annotation)))
+
+
+class ProcessEnvSource(EnvSettingsSource):
+    """Environment variables of one process: its own settings under its section.
+
+    Shared sections (``RLHF_KAFKA__…``, ``RLHF_DATABASE__…``) and the fields every process
+    has (``RLHF_LOG_LEVEL``) keep one name everywhere: they mean the same thing in every
+    process, so one ConfigMap configures them all. A process's own plain settings read
+    ``RLHF_<SECTION>__<NAME>`` (``RLHF_INGEST__GROUP_ID``, ``RLHF_DEPLOY__PORT``), so no
+    two processes read one variable with different meanings.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], section: str | None):
+        super().__init__(settings_cls)
+        self.section = section
+
+    def own_env_name(self, field_name: str) -> str:
+        return f"{ENV_PREFIX}{self.section}__{field_name}".upper()
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if self.section is None or is_section(field) or field_name in SHARED_FIELDS:
+            return super().get_field_value(field, field_name)
+        name = self.own_env_name(field_name)
+        value = self.env_vars.get(name if self.case_sensitive else name.lower())
+        return value, field_name, self._field_is_complex(field)[0]
+
+
 class ProcessSettings(BaseSettings):
-    """Base of every process's settings tree."""
+    """Base of every process's settings tree.
+
+    ``env_section`` names the process's own variables (``RLHF_<env_section>__<NAME>``);
+    ``None`` keeps flat ``RLHF_<NAME>`` names (``rlhf serve``, whose plain settings are the
+    model and its events).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
         validate_default=True,
     )
+    env_section: ClassVar[str | None] = None
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the process.")
+
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init values (command-line flags) over the environment, as pydantic-settings
+        does, with each process's own variables under its section."""
+        return (init_settings, ProcessEnvSource(settings_cls, cls.env_section),
+                dotenv_settings, file_secret_settings)
+
+    @classmethod
+    def env_name(cls, path: str) -> str:
+        """The variable of a setting: ``"http.port"`` → ``RLHF_HTTP__PORT``;
+        ``"group_id"`` of ``rlhf ingest`` → ``RLHF_INGEST__GROUP_ID``."""
+        head, *rest = path.split(".")
+        field = cls.model_fields.get(head)
+        own = (cls.env_section and field is not None and not is_section(field)
+               and head not in SHARED_FIELDS)
+        parts = [cls.env_section, head] if own else [head]
+        return ENV_PREFIX + "__".join(p.upper() for p in [*parts, *rest] if p)
+
+
+SHARED_FIELDS = frozenset(ProcessSettings.model_fields)
+"""Plain settings every process has, under one name (``RLHF_LOG_LEVEL``)."""
 
 
 class TopicSettings(BaseModel):

@@ -26,14 +26,17 @@ ReasonOpt = typer.Option("", "--reason", help="Recorded in the live history.")
 
 
 def _settings(registry: Path | None, database_url: str | None,
-              bootstrap_servers: str | None) -> DeploySettings:
-    settings = DeploySettings()
-    if registry:
-        settings.registry.root = registry
-    if database_url:
-        settings.database.url = database_url
-    if bootstrap_servers:
-        settings.kafka.bootstrap_servers = bootstrap_servers
+              bootstrap_servers: str | None, host: str | None = None,
+              port: int | None = None) -> DeploySettings:
+    """DeploySettings from RLHF_… variables with the given flags on top (exit 2 naming a
+    bad flag or variable)."""
+    from core.cli_settings import load_settings
+
+    settings = load_settings(DeploySettings, {
+        "registry.root": ("--registry", registry),
+        "database.url": ("--database-url", database_url),
+        "kafka.bootstrap_servers": ("--bootstrap-servers", bootstrap_servers),
+        "host": ("--host", host), "port": ("--port", port)}, command="rlhf deploy")
     logging.basicConfig(level=settings.log_level.upper())
     logging.getLogger("kafka").setLevel(logging.WARNING)
     return settings
@@ -68,11 +71,15 @@ def status(registry: Path | None = RegOpt, bootstrap_servers: str | None = Kafka
                                          help="Read replica versions from rlhf.policy.")
            ) -> None:
     """Live version, every policy with its gate status, history, and the replicas heard
-    from within RLHF_ROLLOUT__STALE_AFTER_S with their versions (JSON)."""
+    from within RLHF_ROLLOUT__STALE_AFTER_S with their versions (JSON).
+
+    Read-only and quick: creates nothing (a missing registry reads as empty), and an
+    unreachable Kafka costs one warning line on stderr, not kafka-python's retries."""
     from kafka.errors import KafkaError
 
-    from deploy.controller import DeployController
-    from deploy.notices import read_replica_versions
+    from core.registry import Registry
+    from deploy.notices import KafkaUnreachable, read_replica_versions
+    from deploy.status import read_status
 
     settings = _settings(registry, None, bootstrap_servers)
     known = None
@@ -80,9 +87,13 @@ def status(registry: Path | None = RegOpt, bootstrap_servers: str | None = Kafka
         try:
             known = read_replica_versions(settings.kafka,
                                           stale_after_s=settings.rollout.stale_after_s)
+        except KafkaUnreachable as e:
+            typer.echo(f"warning: {e}; replicas not shown", err=True)
         except KafkaError as e:
-            typer.echo(f"warning: replica versions unknown, Kafka unreachable: {e}", err=True)
-    typer.echo(DeployController(settings).status(known).model_dump_json(indent=2))
+            typer.echo(f"warning: Kafka at {settings.kafka.bootstrap_servers} failed: {e}; "
+                       "replicas not shown", err=True)
+    typer.echo(read_status(Registry(settings.registry.root, create=False), known)
+               .model_dump_json(indent=2))
 
 
 @deploy_app.command()
@@ -115,8 +126,10 @@ def rollback(version: str | None = typer.Argument(
 
 
 @deploy_app.command("controller")
-def run_controller(host: str | None = typer.Option(None, help="Admin API bind address."),
-                   port: int | None = typer.Option(None, help="Admin API port."),
+def run_controller(host: str | None = typer.Option(
+                       None, help="Admin API bind address (RLHF_DEPLOY__HOST)."),
+                   port: int | None = typer.Option(
+                       None, help="Admin API port (RLHF_DEPLOY__PORT)."),
                    registry: Path | None = RegOpt, database_url: str | None = DbOpt,
                    bootstrap_servers: str | None = KafkaOpt) -> None:
     """Long-running: consume rlhf.policy (gates, auto-promote, rollback on failed swaps)
@@ -126,10 +139,10 @@ def run_controller(host: str | None = typer.Option(None, help="Admin API bind ad
     from core.auth import KeyRing
     from deploy.api import create_app
 
-    settings = _settings(registry, database_url, bootstrap_servers)
+    settings = _settings(registry, database_url, bootstrap_servers, host, port)
     app = create_app(_controller(settings), KeyRing.from_settings(settings.auth),
                      consume_events=True)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port,
+    uvicorn.run(app, host=settings.host, port=settings.port,
                 log_level=settings.log_level)
 
 

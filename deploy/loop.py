@@ -1,6 +1,6 @@
 """The controller's event loop: consume ``rlhf.policy``, handle each event, commit.
 
-The consumer belongs to a group (``RLHF_GROUP_ID``), so a restarted controller resumes
+The consumer belongs to a group (``RLHF_DEPLOY__GROUP_ID``), so a restarted controller resumes
 after the last event it handled; offsets are committed only after handling. A replayed
 candidate is harmless: a version with a gate report is not evaluated again. Messages that
 do not decode are logged and skipped; they never stop the loop.

@@ -8,6 +8,7 @@ and heartbeats; the table below folds them into the fleet the controller rolls o
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -104,17 +105,44 @@ class ReplicaTable:
         return [r for r in rows if (r.last_seen or r.at) >= cutoff]
 
 
+class KafkaUnreachable(Exception):
+    """No bootstrap server accepted a connection; the message names them."""
+
+
+def check_reachable(kafka: KafkaSettings, timeout_s: float = 1.0) -> None:
+    """Raise KafkaUnreachable unless a bootstrap server accepts TCP within ``timeout_s``.
+
+    kafka-python retries an absent broker for tens of seconds before it gives up (40 s
+    for ``rlhf deploy status`` with nothing on the port), so a read-only command asks
+    this first and answers at once. The time is shared out between the servers.
+    """
+    servers = kafka.client_kwargs()["bootstrap_servers"]
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        try:
+            address = (host.strip("[]"), int(port)) if sep else (server, 9092)
+            with socket.create_connection(address, timeout=timeout_s / len(servers)):
+                return
+        except (OSError, ValueError):
+            continue
+    raise KafkaUnreachable(f"Kafka at {', '.join(servers)} unreachable")
+
+
 def read_replica_versions(kafka: KafkaSettings, timeout_s: float = 5.0,
                           stale_after_s: float | None = None) -> list[ReplicaVersion]:
     """Replay ``rlhf.policy`` from its start to its current end into a ReplicaTable.
 
     For ``rlhf deploy status`` run away from the controller: no consumer group, nothing
-    committed. Raises kafka's KafkaError when no broker answers.
+    committed. Raises KafkaUnreachable at once when no bootstrap server accepts a
+    connection, and kafka's KafkaError when the broker fails later.
     """
     from kafka import KafkaConsumer, TopicPartition
 
+    check_reachable(kafka)
     consumer = KafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False,
-                             request_timeout_ms=kafka.request_timeout_ms + 1000)
+                             request_timeout_ms=kafka.request_timeout_ms + 1000,
+                             bootstrap_timeout_ms=int(timeout_s * 1000),
+                             reconnect_backoff_max_ms=1000)
     table = ReplicaTable()
     try:
         topic = kafka.topics.policy

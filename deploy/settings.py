@@ -119,7 +119,10 @@ class RolloutSettings(BaseModel):
 
 
 class DeploySettings(ProcessSettings):
-    """Everything ``rlhf deploy …`` (the deploy controller) reads."""
+    """Everything ``rlhf deploy …`` (the deploy controller) reads (its own settings:
+    ``RLHF_DEPLOY__…``)."""
+
+    env_section = "DEPLOY"
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -141,5 +144,6 @@ class DeploySettings(ProcessSettings):
     @model_validator(mode="after")
     def _poll_within_session(self) -> DeploySettings:
         if self.poll_timeout_ms >= self.session_timeout_ms:
-            raise ValueError("RLHF_POLL_TIMEOUT_MS must be below RLHF_SESSION_TIMEOUT_MS")
+            raise ValueError("RLHF_DEPLOY__POLL_TIMEOUT_MS must be below "
+                             "RLHF_DEPLOY__SESSION_TIMEOUT_MS")
         return self

@@ -40,7 +40,7 @@ def _on_shutdown_signal(handler) -> None:  # type: ignore[no-untyped-def]
 
 @broker_app.callback()
 def broker(port: int | None = typer.Option(None, help="Port (0 = free); default from "
-                                            "RLHF_PORT."),
+                                            "RLHF_BROKER__PORT."),
            storage_url: str | None = typer.Option(
                None, help="Tansu storage engine (RLHF_BROKER__STORAGE_URL; default "
                           "memory://tansu/, which loses events on restart; "
@@ -51,14 +51,17 @@ def broker(port: int | None = typer.Option(None, help="Port (0 = free); default 
     yet consumed. Exits 1 when tansu cannot start (e.g. a storage engine its build lacks)
     or dies.
     """
+    from core.cli_settings import load_settings
     from feedback.broker import BrokerStartError, EmbeddedBroker, memory_storage_warning
 
-    settings = BrokerSettings()
+    settings = load_settings(BrokerSettings, {
+        "port": ("--port", port), "broker.storage_url": ("--storage-url", storage_url)},
+        command="rlhf broker")
     _logging(settings.log_level)
     done = threading.Event()
     _on_shutdown_signal(done.set)
-    chosen = settings.port if port is None else port
-    storage = storage_url or settings.broker.storage_url
+    chosen = settings.port
+    storage = settings.broker.storage_url
     warning = memory_storage_warning(storage)
     if warning:
         typer.echo(f"WARNING: {warning}", err=True)
@@ -79,10 +82,11 @@ def broker(port: int | None = typer.Option(None, help="Port (0 = free); default 
 @ingest_app.callback()
 def ingest() -> None:
     """Consume both topics into the feedback store until SIGTERM/SIGINT."""
+    from core.cli_settings import load_settings
     from feedback.ingest import Ingester, serve_metrics
     from feedback.store import FeedbackStore
 
-    settings = IngestSettings()
+    settings = load_settings(IngestSettings, command="rlhf ingest")
     _logging(settings.log_level)
     store = FeedbackStore(settings.database.url, echo=settings.database.echo)
     store.migrate()

@@ -10,7 +10,9 @@ from core.settings import DatabaseSettings, KafkaSettings, ProcessSettings
 
 
 class IngestSettings(ProcessSettings):
-    """Everything ``rlhf ingest`` reads."""
+    """Everything ``rlhf ingest`` reads (its own settings: ``RLHF_INGEST__…``)."""
+
+    env_section = "INGEST"
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -59,7 +61,10 @@ class EmbeddedBrokerSettings(BaseModel):
 
 
 class BrokerSettings(ProcessSettings):
-    """``rlhf broker``: the embedded Kafka-protocol broker used locally and in tests."""
+    """``rlhf broker``: the embedded Kafka-protocol broker used locally and in tests
+    (``RLHF_BROKER__…``, the same section as its storage settings)."""
+
+    env_section = "BROKER"
 
     host: str = Field("127.0.0.1", description="Interface the embedded broker listens on.")
     port: int = Field(9092, ge=0, le=65535, description="Broker port (0 picks a free one).")

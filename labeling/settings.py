@@ -1,7 +1,8 @@
 """The workbench's settings tree (``rlhf workbench``) and the human-evaluation gate's section.
 
-Read from ``RLHF_…`` variables like every process: ``RLHF_PORT``, ``RLHF_SERVING_URL``,
-``RLHF_DATABASE__URL`` (the feedback store, where the workbench's tables live too).
+Read from ``RLHF_…`` variables like every process: ``RLHF_WORKBENCH__PORT``,
+``RLHF_WORKBENCH__SERVING_URL``, ``RLHF_DATABASE__URL`` (the feedback store, where the
+workbench's tables live too).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class HumanEvalSettings(BaseModel):
 
 
 class LabelingSettings(ProcessSettings):
-    """Everything ``rlhf workbench`` reads."""
+    """Everything ``rlhf workbench`` reads (its own settings: ``RLHF_WORKBENCH__…``)."""
+
+    env_section = "WORKBENCH"
 
     host: str = Field("0.0.0.0", description="Bind address of the workbench page and API.")
     port: int = Field(8500, ge=0, le=65535, description="Port of the workbench.")

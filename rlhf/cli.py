@@ -6,7 +6,6 @@ This module only wires the process families together; each family owns its comma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -58,19 +57,6 @@ def _mount() -> None:
 _mount()
 
 
-def _override(settings: Any, **dotted: Any) -> Any:
-    """Apply CLI options (``http.port=…``) on top of the env-derived settings."""
-    for path, value in dotted.items():
-        if value is None:
-            continue
-        *parents, leaf = path.split("__")
-        target = settings
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    return settings
-
-
 @app.command()
 def serve(
     model: str = typer.Option(None, help="Checkpoint directory (RLHF_MODEL; default: the "
@@ -108,41 +94,48 @@ def serve(
     would serve without API keys on a non-loopback address (see --allow-open); and exits 1
     when the model then fails to load.
     """
+    from core.cli_settings import load_settings
     from serving.server import serve as run
     from serving.settings import ServeSettings
 
-    settings = _override(
-        ServeSettings(), model=model, served_model_name=served_model_name,
-        policy_version=policy_version, http__host=host, grpc__host=host, http__port=port,
-        grpc__port=grpc_port, engine__max_model_len=max_model_len,
-        engine__tensor_parallel_size=tensor_parallel_size, engine__dtype=dtype,
-        engine__kv_cache_space_gib=kv_cache_gib, auth__keys_file=keys_file,
-        publish_events=publish_events, auth__allow_open=allow_open)
+    settings = load_settings(ServeSettings, {
+        "model": ("--model", model), "served_model_name": ("--served-model-name",
+                                                          served_model_name),
+        "policy_version": ("--policy-version", policy_version),
+        "http.host": ("--host", host), "grpc.host": ("--host", host),
+        "http.port": ("--port", port), "grpc.port": ("--grpc-port", grpc_port),
+        "engine.max_model_len": ("--max-model-len", max_model_len),
+        "engine.tensor_parallel_size": ("--tensor-parallel-size", tensor_parallel_size),
+        "engine.dtype": ("--dtype", dtype),
+        "engine.kv_cache_space_gib": ("--kv-cache-gib", kv_cache_gib),
+        "auth.keys_file": ("--keys-file", keys_file),
+        "publish_events": ("--publish-events", publish_events),
+        "auth.allow_open": ("--allow-open", allow_open)}, command="rlhf serve")
     run(settings)
 
 
 @app.command()
-def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default "
+def up(home: Path = typer.Option(None, help="State directory (RLHF_UP__HOME; default "
                                  "./rlhf-home)."),
-       model: Path = typer.Option(None, help="Base checkpoint (RLHF_MODEL; default: build "
+       model: Path = typer.Option(None, help="Base checkpoint (RLHF_UP__MODEL; default: build "
                                   "the tiny one)."),
-       port: int = typer.Option(None, help="HTTP port (RLHF_HTTP_PORT; default 8000)."),
-       grpc_port: int = typer.Option(None, help="gRPC port (RLHF_GRPC_PORT; default 50051)."),
-       broker_port: int = typer.Option(None, help="Embedded broker port (RLHF_BROKER_PORT; "
+       port: int = typer.Option(None, help="HTTP port (RLHF_UP__HTTP_PORT; default 8000)."),
+       grpc_port: int = typer.Option(None, help="gRPC port (RLHF_UP__GRPC_PORT; default 50051)."),
+       broker_port: int = typer.Option(None, help="Embedded broker port (RLHF_UP__BROKER_PORT; "
                                        "default 9092)."),
        deploy_port: int = typer.Option(None, help="Deploy admin API port "
-                                       "(RLHF_DEPLOY_PORT; default 8300)."),
+                                       "(RLHF_UP__DEPLOY_PORT; default 8300)."),
        metrics_port: int = typer.Option(None, help="Ingester /metrics port "
-                                        "(RLHF_INGEST_METRICS_PORT; default 9400)."),
+                                        "(RLHF_UP__INGEST_METRICS_PORT; default 9400)."),
        workbench_port: int = typer.Option(None, help="Labeling workbench port "
-                                          "(RLHF_WORKBENCH_PORT; default 8500)."),
+                                          "(RLHF_UP__WORKBENCH_PORT; default 8500)."),
        train_every: float = typer.Option(None, help="Seconds between training cycles "
-                                         "(RLHF_TRAIN_EVERY_S; default 30)."),
+                                         "(RLHF_UP__TRAIN_EVERY_S; default 30)."),
        min_new_rankings: int = typer.Option(
            None, help="New rankings that make a reward model and a PPO run due "
-                      "(RLHF_MIN_NEW_RANKINGS; the same default as `rlhf train cycle`)."),
+                      "(RLHF_UP__MIN_NEW_RANKINGS; the same default as `rlhf train cycle`)."),
        config_dir: Path = typer.Option(None, help="Recipe YAMLs sft/reward/ppo.yaml for the "
-                                       "training cycles (RLHF_CONFIG_DIR; default: packaged)."),
+                                       "training cycles (RLHF_UP__CONFIG_DIR; default: packaged)."),
        gate_prompts: int = typer.Option(None, help="Held-out prompts each promotion gate "
                                         "samples (RLHF_GATES__NUM_PROMPTS; default 32)."),
        gate_max_new_tokens: int = typer.Option(
@@ -150,10 +143,10 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default
                       "candidate's own max_new_tokens)."),
        auto_promote: bool = typer.Option(
            None, "--auto-promote/--no-auto-promote",
-           help="Promote candidates that pass the gates (RLHF_AUTO_PROMOTE; default on)."),
+           help="Promote candidates that pass the gates (RLHF_UP__AUTO_PROMOTE; default on)."),
        external_kafka: str = typer.Option(
            None, help="host:port of a Kafka to use instead of the embedded broker "
-                      "(RLHF_EXTERNAL_KAFKA)."),
+                      "(RLHF_UP__EXTERNAL_KAFKA)."),
        broker_storage: str = typer.Option(
            None, help="Embedded broker storage (RLHF_BROKER__STORAGE_URL; default "
                       "memory://tansu/, which loses unconsumed events on restart)."),
@@ -164,16 +157,23 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_HOME; default
     Every port is checked first; if one is taken it exits 2 at once, naming the port and
     what holds it. Ctrl-C (SIGTERM) stops every child and everything they started.
     """
+    from core.cli_settings import load_settings
     from rlhf.up import UpSettings, run
 
-    settings = _override(
-        UpSettings(), home=home, model=model, http_port=port, grpc_port=grpc_port,
-        broker_port=broker_port, deploy_port=deploy_port, ingest_metrics_port=metrics_port,
-        workbench_port=workbench_port, train_every_s=train_every,
-        min_new_rankings=min_new_rankings, config_dir=config_dir,
-        gates__num_prompts=gate_prompts, gates__max_new_tokens=gate_max_new_tokens,
-        auto_promote=auto_promote, external_kafka=external_kafka,
-        broker__storage_url=broker_storage)
+    settings = load_settings(UpSettings, {
+        "home": ("--home", home), "model": ("--model", model), "http_port": ("--port", port),
+        "grpc_port": ("--grpc-port", grpc_port), "broker_port": ("--broker-port", broker_port),
+        "deploy_port": ("--deploy-port", deploy_port),
+        "ingest_metrics_port": ("--metrics-port", metrics_port),
+        "workbench_port": ("--workbench-port", workbench_port),
+        "train_every_s": ("--train-every", train_every),
+        "min_new_rankings": ("--min-new-rankings", min_new_rankings),
+        "config_dir": ("--config-dir", config_dir),
+        "gates.num_prompts": ("--gate-prompts", gate_prompts),
+        "gates.max_new_tokens": ("--gate-max-new-tokens", gate_max_new_tokens),
+        "auto_promote": ("--auto-promote", auto_promote),
+        "external_kafka": ("--external-kafka", external_kafka),
+        "broker.storage_url": ("--broker-storage", broker_storage)}, command="rlhf up")
     raise typer.Exit(run(settings))
 
 

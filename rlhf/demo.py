@@ -1,9 +1,9 @@
 """``rlhf demo``: simulated labelers drive the whole loop, and the demo measures the result.
 
 1. Start ``rlhf up`` in a fresh home (or use a running one: ``--url`` + ``--home``), with
-   the demo's recipe configs (``training/configs/demo/``, via ``RLHF_CONFIG_DIR``).
+   the demo's recipe configs (``training/configs/demo/``, via ``RLHF_TRAIN__CONFIG_DIR``).
 2. Labelers submit demonstrations (prompt + ideal answer) through the feedback API. Once
-   all of them are stored (``RLHF_MIN_NEW_DEMONSTRATIONS``), ``rlhf up``'s periodic
+   all of them are stored (``RLHF_TRAIN__MIN_NEW_DEMONSTRATIONS``), ``rlhf up``'s periodic
    ``rlhf train cycle`` trains SFT on them (InstructGPT step 1) and announces it; the
    deploy controller runs the SFT gates (held-out LM loss lower than the base model's;
    there is no reward model yet) and promotes it. The demo waits for that verdict.
@@ -94,12 +94,12 @@ class Platform:
         ports = {name: free_port() for name in ("HTTP_PORT", "GRPC_PORT", "BROKER_PORT",
                                                 "DEPLOY_PORT", "INGEST_METRICS_PORT",
                                                 "WORKBENCH_PORT")}
-        env = {**{f"RLHF_{k}": str(v) for k, v in ports.items()},
-               **self.opts.gate_env, "RLHF_HOME": str(self.home),
-               "RLHF_CONFIG_DIR": str(self.opts.config_dir.resolve()),
-               "RLHF_MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),
-               "RLHF_MIN_NEW_DEMONSTRATIONS": str(self.opts.demonstrations),
-               "RLHF_TRAIN_EVERY_S": str(self.opts.train_every_s)}
+        env = {**{f"RLHF_UP__{k}": str(v) for k, v in ports.items()},
+               **self.opts.gate_env, "RLHF_UP__HOME": str(self.home),
+               "RLHF_UP__CONFIG_DIR": str(self.opts.config_dir.resolve()),
+               "RLHF_UP__MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),
+               "RLHF_UP__MIN_NEW_DEMONSTRATIONS": str(self.opts.demonstrations),
+               "RLHF_UP__TRAIN_EVERY_S": str(self.opts.train_every_s)}
         self.url = f"http://127.0.0.1:{ports['HTTP_PORT']}"
         self.deploy_url = f"http://127.0.0.1:{ports['DEPLOY_PORT']}"
         self.workbench_url = f"http://127.0.0.1:{ports['WORKBENCH_PORT']}"

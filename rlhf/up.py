@@ -38,8 +38,10 @@ _TRAIN_DEFAULTS = TrainSettings.model_fields
 
 
 class UpSettings(ProcessSettings):
-    """``rlhf up`` (``RLHF_UP__…`` is not used: these are flat ``RLHF_…`` names, plus the
-    ``RLHF_GATES__…`` and ``RLHF_BROKER__…`` sections it hands to its children)."""
+    """``rlhf up``: its own settings are ``RLHF_UP__…``; the ``RLHF_GATES__…`` and
+    ``RLHF_BROKER__…`` sections it hands to its children."""
+
+    env_section = "UP"
 
     home: Path = Field(Path("rlhf-home"), description="Directory holding all local state.")
     model: Path | None = Field(None, description="Base checkpoint; default: the tiny model.")
@@ -61,25 +63,33 @@ class UpSettings(ProcessSettings):
                     "setting and default as `rlhf train cycle`.")
     config_dir: Path | None = Field(
         None,
-        description="Recipe YAMLs (sft, reward, ppo) of the training cycles; default: the "
-                    "packaged ones. The same setting as `rlhf train …`.")
+        description="Recipe YAMLs (sft, reward, ppo) of the training cycles; default: "
+                    "training/configs/demo/, sized for the tiny model `rlhf up` builds and "
+                    "2 CPU cores (PPO-ptx on the demonstrations). The packaged paper values "
+                    "(training/configs/) need a ptx_file. Checked at start.")
     auto_promote: bool = Field(True, description="Promote candidates that pass the gates.")
     external_kafka: str | None = Field(
         None, description="Use this Kafka instead of the embedded broker.")
     gates: GateSettings = Field(default_factory=GateSettings)
     broker: EmbeddedBrokerSettings = Field(default_factory=EmbeddedBrokerSettings)
 
+    def recipe_dir(self) -> Path:
+        """The training cycles' recipe configs: ``config_dir``, else the demo's."""
+        from training.config import DEMO_CONFIG_DIR
+
+        return (self.config_dir or DEMO_CONFIG_DIR).resolve()
+
     def ports(self) -> dict[str, int]:
         """Every port this platform binds, by what binds it."""
-        named = {"HTTP (--port, RLHF_HTTP_PORT)": self.http_port,
-                 "gRPC (--grpc-port, RLHF_GRPC_PORT)": self.grpc_port,
-                 "deploy admin (--deploy-port, RLHF_DEPLOY_PORT)": self.deploy_port,
-                 "ingest metrics (--metrics-port, RLHF_INGEST_METRICS_PORT)":
+        named = {"HTTP (--port, RLHF_UP__HTTP_PORT)": self.http_port,
+                 "gRPC (--grpc-port, RLHF_UP__GRPC_PORT)": self.grpc_port,
+                 "deploy admin (--deploy-port, RLHF_UP__DEPLOY_PORT)": self.deploy_port,
+                 "ingest metrics (--metrics-port, RLHF_UP__INGEST_METRICS_PORT)":
                      self.ingest_metrics_port,
-                 "labeling workbench (--workbench-port, RLHF_WORKBENCH_PORT)":
+                 "labeling workbench (--workbench-port, RLHF_UP__WORKBENCH_PORT)":
                      self.workbench_port}
         if not self.external_kafka:
-            named = {"broker (--broker-port, RLHF_BROKER_PORT)": self.broker_port, **named}
+            named = {"broker (--broker-port, RLHF_UP__BROKER_PORT)": self.broker_port, **named}
         return named
 
 
@@ -152,9 +162,9 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
                            **({"RLHF_BROKER__BINARY": str(s.broker.binary)}
                               if s.broker.binary else {})}))
     made += [
-        child("ingest", ["ingest"], {"RLHF_METRICS_PORT": str(s.ingest_metrics_port),
-                                     "RLHF_SESSION_TIMEOUT_MS": "6000",
-                                     "RLHF_MAX_POLL_INTERVAL_MS": "10000"}),
+        child("ingest", ["ingest"], {"RLHF_INGEST__METRICS_PORT": str(s.ingest_metrics_port),
+                                     "RLHF_INGEST__SESSION_TIMEOUT_MS": "6000",
+                                     "RLHF_INGEST__MAX_POLL_INTERVAL_MS": "10000"}),
         child("serve", ["serve", "--host", "127.0.0.1", "--port", str(s.http_port),
                         "--grpc-port", str(s.grpc_port), "--served-model-name", "policy"],
               # RLHF_MODEL is also `rlhf up`'s base checkpoint; the server must serve the
@@ -162,15 +172,15 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
               {"RLHF_MODEL": ""}),
         child("deploy", ["deploy", "controller", "--host", "127.0.0.1",
                          "--port", str(s.deploy_port)],
-              {"RLHF_AUTO_PROMOTE": str(s.auto_promote).lower(),
-               "RLHF_SESSION_TIMEOUT_MS": "6000", **gate_env(s.gates)}),
+              {"RLHF_DEPLOY__AUTO_PROMOTE": str(s.auto_promote).lower(),
+               "RLHF_DEPLOY__SESSION_TIMEOUT_MS": "6000", **gate_env(s.gates)}),
         child("workbench", ["workbench", "--host", "127.0.0.1",
                             "--port", str(s.workbench_port),
                             "--serving-url", f"http://127.0.0.1:{s.http_port}"], {}),
         child("train", ["train", "cycle"],
-              {"RLHF_MIN_NEW_RANKINGS": str(s.min_new_rankings),
-               "RLHF_MIN_NEW_DEMONSTRATIONS": str(s.min_new_demonstrations),
-               **({"RLHF_CONFIG_DIR": str(s.config_dir.resolve())} if s.config_dir else {})},
+              {"RLHF_TRAIN__MIN_NEW_RANKINGS": str(s.min_new_rankings),
+               "RLHF_TRAIN__MIN_NEW_DEMONSTRATIONS": str(s.min_new_demonstrations),
+               "RLHF_TRAIN__CONFIG_DIR": str(s.recipe_dir())},
               periodic_s=s.train_every_s),
     ]
     return made
@@ -200,6 +210,17 @@ def banner(s: UpSettings) -> str:
         "Ctrl-C stops everything."])
 
 
+def check_configs(s: UpSettings) -> list[str]:
+    """One line per setting that cannot run, naming the file or flag and the field."""
+    from training.preflight import check_recipe_configs
+
+    problems = []
+    if s.model is not None and not (s.model / "config.json").is_file():
+        problems.append(f"--model (RLHF_UP__MODEL) {s.model} is not a checkpoint directory "
+                        "(no config.json)")
+    return problems + check_recipe_configs(s.recipe_dir())
+
+
 def check_ports(s: UpSettings) -> list[str]:
     """One line per port that is already taken (empty when all are free)."""
     return [str(c) for c in port_conflicts(s.ports())]
@@ -222,9 +243,16 @@ def _wait_broker(kid: Child, port: int, timeout_s: float = 30.0) -> bool:
 def run(s: UpSettings, until: float | None = None) -> int:
     """Run the platform until SIGINT/SIGTERM (or ``until``, a monotonic deadline).
 
-    Exit codes: 0 stopped on request; 2 a port is taken (nothing was started); 1 the
-    embedded broker could not start.
+    Exit codes: 0 stopped on request; 2 a port is taken or a setting or recipe config
+    cannot run (nothing was started); 1 the embedded broker could not start.
     """
+    problems = check_configs(s)
+    if problems:
+        for line in problems:
+            print(f"rlhf up: error: {line}", file=sys.stderr, flush=True)
+        print("rlhf up: nothing was started. Fix the config (--config-dir, "
+              "RLHF_UP__CONFIG_DIR) or the flag.", file=sys.stderr, flush=True)
+        return 2
     taken = check_ports(s)
     if taken:
         for line in taken:

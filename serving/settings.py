@@ -143,5 +143,7 @@ class ServeSettings(ProcessSettings):
     @model_validator(mode="after")
     def _ports_differ(self) -> ServeSettings:
         if self.grpc.enabled and self.http.port and self.http.port == self.grpc.port:
-            raise ValueError("RLHF_HTTP__PORT and RLHF_GRPC__PORT must differ")
+            raise ValueError(f"the HTTP port (--port, RLHF_HTTP__PORT) and the gRPC port "
+                             f"(--grpc-port, RLHF_GRPC__PORT) must differ; both are "
+                             f"{self.http.port}")
         return self

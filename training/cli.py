@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from training.settings import TrainSettings
 
@@ -21,7 +21,7 @@ train_app = typer.Typer(help="Train models from the feedback store into the regi
 reward_app = typer.Typer(help="Query reward-model versions.", no_args_is_help=True)
 
 ConfigOpt = typer.Option(None, "--config", help="Recipe YAML (default: <recipe>.yaml in "
-                         "RLHF_CONFIG_DIR when set, else the packaged one).")
+                         "RLHF_TRAIN__CONFIG_DIR when set, else the packaged one).")
 DbOpt = typer.Option(None, "--database-url", help="Feedback store URL (RLHF_DATABASE__URL).")
 RegOpt = typer.Option(None, "--registry", help="Registry root (RLHF_REGISTRY__ROOT).")
 BaseOpt = typer.Option(None, "--base", help="Start from this version id or checkpoint dir.")
@@ -32,12 +32,14 @@ AnnounceOpt = typer.Option(True, "--announce/--no-announce",
                                 "`rlhf deploy promote VERSION --force`.")
 
 
-def _settings(database_url: str | None, registry: Path | None) -> TrainSettings:
-    settings = TrainSettings()
-    if database_url:
-        settings.database.url = database_url
-    if registry:
-        settings.registry.root = registry
+def _settings(database_url: str | None, registry: Path | None,
+              min_new_rankings: int | None = None) -> TrainSettings:
+    from core.cli_settings import load_settings
+
+    settings = load_settings(TrainSettings, {
+        "database.url": ("--database-url", database_url),
+        "registry.root": ("--registry", registry),
+        "min_new_rankings": ("--min-new-rankings", min_new_rankings)}, command="rlhf train")
     logging.basicConfig(level=settings.log_level.upper())
     return settings
 
@@ -56,8 +58,24 @@ def _run(recipe: str, config: Path | None, database_url: str | None, registry: P
     module, cls = recipes[recipe]
     settings = _settings(database_url, registry)
     overrides = {k: v for k, v in {"base": base, **extra}.items() if v}
-    cfg: Any = load_config(cls, config or _packaged(settings, recipe), f"{recipe}.yaml",
-                           overrides)
+    path = config or _packaged(settings, recipe)
+    try:
+        cfg: Any = load_config(cls, path, f"{recipe}.yaml", overrides)
+    except (ValidationError, FileNotFoundError) as e:
+        from core.cli_settings import fail
+
+        shown = path or f"the packaged {recipe}.yaml"
+        fail(f"rlhf train {recipe}", [str(e)] if isinstance(e, FileNotFoundError) else [
+            f"{shown}: " + ".".join(map(str, err["loc"])) + (": " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ") for err in e.errors(include_url=False)])
+    from training.preflight import config_problems
+
+    problems = config_problems(cfg)
+    if problems:
+        from core.cli_settings import fail
+
+        fail(f"rlhf train {recipe}", [f"{path or f'the packaged {recipe}.yaml'}: {p}"
+                                      for p in problems])
     store = FeedbackStore(settings.database.url)
     store.migrate()
     hooks = {"on_step": prometheus_sink(settings.metrics_port, recipe)} if recipe == "ppo" else {}
@@ -73,7 +91,7 @@ def sft(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
         announce: bool = AnnounceOpt) -> None:
     """Supervised fine-tuning on demonstrations → a new policy version.
 
-    The recipe is --config, else sft.yaml in RLHF_CONFIG_DIR, else the packaged one.
+    The recipe is --config, else sft.yaml in RLHF_TRAIN__CONFIG_DIR, else the packaged one.
     """
     _run("sft", config, database_url, registry, base, announce)
 
@@ -99,24 +117,25 @@ def ppo(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
 @train_app.command()
 def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
           min_new_rankings: int | None = typer.Option(
-              None, "--min-new-rankings", help="Override RLHF_MIN_NEW_RANKINGS."),
+              None, "--min-new-rankings", help="Override RLHF_TRAIN__MIN_NEW_RANKINGS."),
           announce: bool = AnnounceOpt) -> None:
     """Run what is due: SFT on new demonstrations, a reward model on new rankings, then
     PPO. Exit 0 when nothing is.
 
-    Recipe configs come from RLHF_CONFIG_DIR (sft.yaml, reward.yaml, ppo.yaml) or the
-    packaged ones; RLHF_MIN_NEW_DEMONSTRATIONS sets when SFT is due.
+    Recipe configs come from RLHF_TRAIN__CONFIG_DIR (sft.yaml, reward.yaml, ppo.yaml) or the
+    packaged ones; RLHF_TRAIN__MIN_NEW_DEMONSTRATIONS sets when SFT is due.
     """
     from core.registry import Registry
     from feedback.store import FeedbackStore
     from training.cycle import cycle as run
     from training.metrics import prometheus_sink
 
-    settings = _settings(database_url, registry)
+    settings = _settings(database_url, registry, min_new_rankings)
+    _check_configs(settings.config_dir)
     store = FeedbackStore(settings.database.url)
     store.migrate()
     result = run(store=store, registry=Registry(settings.registry.root),
-                 min_new_rankings=min_new_rankings or settings.min_new_rankings,
+                 min_new_rankings=settings.min_new_rankings,
                  config_dir=settings.config_dir, kafka=settings.kafka if announce else None,
                  on_step=prometheus_sink(settings.metrics_port, "ppo"),
                  reward_init=settings.reward_init,
@@ -126,8 +145,19 @@ def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
     typer.echo(json.dumps({"versions": result.versions, "reasons": result.reasons}))
 
 
+def _check_configs(config_dir: Path | None) -> None:
+    """Exit 2 at start, naming file and field, when a recipe config of the cycle cannot
+    run (before any data is read or model loaded)."""
+    from core.cli_settings import fail
+    from training.preflight import check_recipe_configs
+
+    problems = check_recipe_configs(config_dir)
+    if problems:
+        fail("rlhf train cycle", problems)
+
+
 def _packaged(settings: TrainSettings, recipe: str) -> Path | None:
-    """``<config_dir>/<recipe>.yaml`` when RLHF_CONFIG_DIR provides one."""
+    """``<config_dir>/<recipe>.yaml`` when RLHF_TRAIN__CONFIG_DIR provides one."""
     path = settings.config_dir / f"{recipe}.yaml" if settings.config_dir else None
     return path if path and path.is_file() else None
 
@@ -143,7 +173,8 @@ def score(version: str = typer.Option(..., "--version", help="Reward version, e.
 
     settings = _settings(None, registry)
     try:
-        scorer = RewardScorer.from_registry(Registry(settings.registry.root), version)
+        scorer = RewardScorer.from_registry(Registry(settings.registry.root, create=False),
+                                            version)
     except (RegistryError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -93,7 +93,7 @@ def reward_due(store, registry: Registry, min_new_rankings: int) -> Due:
 
 
 DEFAULT_MIN_NEW_DEMONSTRATIONS: int = TrainSettings.model_fields["min_new_demonstrations"].default
-"""One default for ``rlhf train cycle`` and ``rlhf up`` (RLHF_MIN_NEW_DEMONSTRATIONS)."""
+"""One default for ``rlhf train cycle`` and ``rlhf up`` (RLHF_TRAIN__MIN_NEW_DEMONSTRATIONS)."""
 
 
 def is_sft(m: Manifest) -> bool:

@@ -17,7 +17,10 @@ from core.settings import (
 
 
 class TrainSettings(ProcessSettings):
-    """Everything ``rlhf train …`` reads; recipe details come from its YAML config."""
+    """Everything ``rlhf train …`` reads (its own settings: ``RLHF_TRAIN__…``); recipe
+    details come from its YAML config."""
+
+    env_section = "TRAIN"
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)

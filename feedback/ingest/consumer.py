@@ -105,8 +105,8 @@ class Ingester:
                 self._update_lag()
         except DlqLimitExceeded as e:
             log.error("stopping WITHOUT committing the current batch: %s. Fix the producer "
-                      "or the store, or raise the limit (RLHF_DLQ_MAX_RATIO, "
-                      "RLHF_DLQ_MAX_CONSECUTIVE), then restart", e)
+                      "or the store, or raise the limit (RLHF_INGEST__DLQ_MAX_RATIO, "
+                      "RLHF_INGEST__DLQ_MAX_CONSECUTIVE), then restart", e)
             raise
         finally:
             self._close()

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_constant_schedule_with_warmup
@@ -168,6 +168,28 @@ class PPOConfig(RunConfig):
         "own", description="`own`: the value model is a trainable copy of the reward model; "
                            "`shared`: a trainable value head on the reward model's frozen "
                            "backbone (no second backbone, no optimiser state for it).")
+
+
+    @model_validator(mode="after")
+    def _runnable(self) -> PPOConfig:
+        """Settings that could only fail after a rollout, refused when the file is read."""
+        if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) must divide batch_size "
+                             f"({self.batch_size}): each rollout is split into minibatches")
+        return self
+
+    def unrunnable(self) -> list[str]:
+        """``field: why`` for what would stop this run after its first rollout: the
+        pretraining text PPO-ptx needs (the class defaults are the paper's, which need the
+        user's own). Checked at start by ``training.preflight``."""
+        if self.ptx_coef == 0 or self.ptx_source != "file":
+            return []
+        if self.ptx_file is None:
+            return ["ptx_file: ptx_coef > 0 with ptx_source: file needs pretraining text "
+                    "(set ptx_file, or ptx_source: demonstrations, or ptx_coef: 0)"]
+        if not Path(self.ptx_file).is_file():
+            return [f"ptx_file: {self.ptx_file} does not exist"]
+        return []
 
 
 # -- data ------------------------------------------------------------------------------------

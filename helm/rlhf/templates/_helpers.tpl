@@ -269,24 +269,24 @@ RLHF_AUTH__ALLOW_OPEN: "true"
 {{- define "rlhf.settings.ingester" -}}
 {{- $s := .Values.ingester -}}
 RLHF_DATABASE__ECHO: {{ .Values.database.echo | quote }}
-RLHF_GROUP_ID: {{ $s.groupId | quote }}
-RLHF_BATCH_SIZE: {{ $s.batchSize | int64 | quote }}
-RLHF_POLL_TIMEOUT_MS: {{ $s.pollTimeoutMs | int64 | quote }}
-RLHF_FETCH_MIN_BYTES: {{ $s.fetchMinBytes | int64 | quote }}
-RLHF_FETCH_MAX_WAIT_MS: {{ $s.fetchMaxWaitMs | int64 | quote }}
-RLHF_SESSION_TIMEOUT_MS: {{ $s.sessionTimeoutMs | int64 | quote }}
-RLHF_MAX_POLL_INTERVAL_MS: {{ $s.maxPollIntervalMs | int64 | quote }}
-RLHF_METRICS_PORT: {{ $s.metricsPort | int64 | quote }}
+RLHF_INGEST__GROUP_ID: {{ $s.groupId | quote }}
+RLHF_INGEST__BATCH_SIZE: {{ $s.batchSize | int64 | quote }}
+RLHF_INGEST__POLL_TIMEOUT_MS: {{ $s.pollTimeoutMs | int64 | quote }}
+RLHF_INGEST__FETCH_MIN_BYTES: {{ $s.fetchMinBytes | int64 | quote }}
+RLHF_INGEST__FETCH_MAX_WAIT_MS: {{ $s.fetchMaxWaitMs | int64 | quote }}
+RLHF_INGEST__SESSION_TIMEOUT_MS: {{ $s.sessionTimeoutMs | int64 | quote }}
+RLHF_INGEST__MAX_POLL_INTERVAL_MS: {{ $s.maxPollIntervalMs | int64 | quote }}
+RLHF_INGEST__METRICS_PORT: {{ $s.metricsPort | int64 | quote }}
 {{- end }}
 
 {{/* TrainSettings (rlhf train cycle) */}}
 {{- define "rlhf.settings.training" -}}
 RLHF_DATABASE__ECHO: {{ .Values.database.echo | quote }}
 RLHF_REGISTRY__ROOT: {{ .Values.registry.mountPath | quote }}
-RLHF_MIN_NEW_RANKINGS: {{ .Values.training.minNewRankings | int64 | quote }}
-RLHF_METRICS_PORT: {{ .Values.training.metricsPort | int64 | quote }}
+RLHF_TRAIN__MIN_NEW_RANKINGS: {{ .Values.training.minNewRankings | int64 | quote }}
+RLHF_TRAIN__METRICS_PORT: {{ .Values.training.metricsPort | int64 | quote }}
 {{- if .Values.training.recipes }}
-RLHF_CONFIG_DIR: "/etc/rlhf/recipes"
+RLHF_TRAIN__CONFIG_DIR: "/etc/rlhf/recipes"
 {{- end }}
 {{- end }}
 
@@ -298,13 +298,13 @@ RLHF_CONFIG_DIR: "/etc/rlhf/recipes"
 {{- $r := $s.rollout -}}
 RLHF_DATABASE__ECHO: {{ .Values.database.echo | quote }}
 RLHF_REGISTRY__ROOT: {{ .Values.registry.mountPath | quote }}
-RLHF_AUTO_PROMOTE: {{ $s.autoPromote | quote }}
-RLHF_HOST: "0.0.0.0"
-RLHF_PORT: {{ $s.port | int64 | quote }}
-RLHF_GROUP_ID: {{ $s.groupId | quote }}
-RLHF_POLL_TIMEOUT_MS: {{ $s.pollTimeoutMs | int64 | quote }}
-RLHF_SESSION_TIMEOUT_MS: {{ $s.sessionTimeoutMs | int64 | quote }}
-RLHF_MAX_POLL_INTERVAL_MS: {{ $s.maxPollIntervalMs | int64 | quote }}
+RLHF_DEPLOY__AUTO_PROMOTE: {{ $s.autoPromote | quote }}
+RLHF_DEPLOY__HOST: "0.0.0.0"
+RLHF_DEPLOY__PORT: {{ $s.port | int64 | quote }}
+RLHF_DEPLOY__GROUP_ID: {{ $s.groupId | quote }}
+RLHF_DEPLOY__POLL_TIMEOUT_MS: {{ $s.pollTimeoutMs | int64 | quote }}
+RLHF_DEPLOY__SESSION_TIMEOUT_MS: {{ $s.sessionTimeoutMs | int64 | quote }}
+RLHF_DEPLOY__MAX_POLL_INTERVAL_MS: {{ $s.maxPollIntervalMs | int64 | quote }}
 RLHF_GATES__MIN_REWARD_IMPROVEMENT: {{ $g.minRewardImprovement | quote }}
 RLHF_GATES__MAX_KL: {{ $g.maxKl | quote }}
 RLHF_GATES__MAX_LENGTH_DRIFT: {{ $g.maxLengthDrift | quote }}

@@ -278,7 +278,7 @@ def test_training_metrics_are_scraped_by_a_pod_monitor_on_their_port() -> None:
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
-    assert ports["metrics"] == int(rendered.container_env(container)["RLHF_METRICS_PORT"])
+    assert ports["metrics"] == int(rendered.container_env(container)["RLHF_TRAIN__METRICS_PORT"])
     policy = rendered.get("NetworkPolicy", pod["metadata"]["labels"][
         "app.kubernetes.io/instance"] + "-training")
     assert any(p["port"] == "metrics" for rule in policy["spec"]["ingress"]
@@ -287,7 +287,7 @@ def test_training_metrics_are_scraped_by_a_pod_monitor_on_their_port() -> None:
 
 def test_controller_metrics_are_scraped_on_its_admin_port_past_its_network_policy() -> None:
     """The deploy row's controller panels (rlhf:rollout_*) need a ServiceMonitor on the
-    controller's Service, at the port its /metrics is served on (RLHF_PORT, the admin
+    controller's Service, at the port its /metrics is served on (RLHF_DEPLOY__PORT, the admin
     API's), and a restricted admin port must admit the metricsFrom peers as well."""
     assert not [m for m in render("default").by_kind.get("ServiceMonitor", [])
                 if m["metadata"]["labels"]["app.kubernetes.io/component"] ==
@@ -304,7 +304,7 @@ def test_controller_metrics_are_scraped_on_its_admin_port_past_its_network_polic
     pod = rendered.one("Deployment", "deploy-controller")["spec"]["template"]
     container = pod["spec"]["containers"][0]
     target = next(p for p in container["ports"] if p["name"] == port["targetPort"])
-    assert target["containerPort"] == int(rendered.container_env(container)["RLHF_PORT"])
+    assert target["containerPort"] == int(rendered.container_env(container)["RLHF_DEPLOY__PORT"])
     policy = rendered.get("NetworkPolicy", pod["metadata"]["labels"][
         "app.kubernetes.io/instance"] + "-deploy-controller")
     np = rendered.values["networkPolicy"]

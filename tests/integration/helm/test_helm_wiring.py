@@ -40,8 +40,9 @@ def env_names(model: type[BaseModel], prefix: str) -> set[str]:
     """Every variable a settings tree reads: nested models recurse with `__`; dicts,
     lists and scalars are one variable (dicts and lists as JSON)."""
     names: set[str] = set()
+    own = getattr(model, "env_name", None)  # a process: its own settings under its section
     for name, info in model.model_fields.items():
-        key = f"{prefix}{(info.alias or name).upper()}"
+        key = own(name) if own else f"{prefix}{(info.alias or name).upper()}"
         nested = _nested_model(info.annotation)
         names |= env_names(nested, key + "__") if nested else {key}
     return names
@@ -352,7 +353,7 @@ def _controller(rendered: Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_deploy_service_selects_the_controller_on_its_settings_port(rendered: Rendered) -> None:
     template, container = _controller(rendered)
-    port = int(rendered.container_env(container)["RLHF_PORT"])
+    port = int(rendered.container_env(container)["RLHF_DEPLOY__PORT"])
     service = rendered.one("Service", "deploy-controller")
     assert _selects(service["spec"]["selector"], template["metadata"]["labels"])
     assert not [t for _, t in rendered.workloads() if t is not template
@@ -364,7 +365,7 @@ def test_deploy_service_selects_the_controller_on_its_settings_port(rendered: Re
 
 def test_deploy_controller_probes_hit_health_on_its_port(rendered: Rendered) -> None:
     _, container = _controller(rendered)
-    port = int(rendered.container_env(container)["RLHF_PORT"])
+    port = int(rendered.container_env(container)["RLHF_DEPLOY__PORT"])
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
@@ -394,7 +395,8 @@ def test_deploy_controller_is_one_pod_with_the_store_and_kafka(rendered: Rendere
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
     _, container = _controller(rendered)
     env = rendered.container_env(container)
-    assert {"RLHF_DATABASE__URL", "RLHF_KAFKA__BOOTSTRAP_SERVERS", "RLHF_GROUP_ID"} <= set(env)
+    assert {"RLHF_DATABASE__URL", "RLHF_KAFKA__BOOTSTRAP_SERVERS",
+            "RLHF_DEPLOY__GROUP_ID"} <= set(env)
     assert container["resources"]["limits"]["memory"] == rendered.values["deployController"][
         "resources"]["limits"]["memory"]
 
@@ -436,7 +438,7 @@ def test_recipes_reach_the_config_dir() -> None:
     rendered = render("multi-gpu")
     container = rendered.one("CronJob", "training")["spec"]["jobTemplate"]["spec"][
         "template"]["spec"]["containers"][0]
-    config_dir = rendered.container_env(container)["RLHF_CONFIG_DIR"]
+    config_dir = rendered.container_env(container)["RLHF_TRAIN__CONFIG_DIR"]
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == config_dir)
     pod = rendered.one("CronJob", "training")["spec"]["jobTemplate"]["spec"]["template"]
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])

@@ -64,8 +64,8 @@ def workbench(kafka_broker, ingester_process, tmp_path):
     store.migrate()
     ingester_process(db_url)
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RLHF_PORT": str(port),
-           "RLHF_HOST": "127.0.0.1", "RLHF_DATABASE__URL": db_url,
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RLHF_WORKBENCH__PORT": str(port),
+           "RLHF_WORKBENCH__HOST": "127.0.0.1", "RLHF_DATABASE__URL": db_url,
            "RLHF_KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
            "RLHF_KAFKA__REQUEST_TIMEOUT_MS": "3000", "RLHF_AUTH__KEYS": json.dumps(KEYS),
            "RLHF_LOG_LEVEL": "warning"}

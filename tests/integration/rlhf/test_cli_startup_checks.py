@@ -40,7 +40,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
 
 
 def free_up_ports() -> dict[str, str]:
-    return {f"RLHF_{name}": str(free_port()) for name in (
+    return {f"RLHF_UP__{name}": str(free_port()) for name in (
         "HTTP_PORT", "GRPC_PORT", "BROKER_PORT", "DEPLOY_PORT", "INGEST_METRICS_PORT",
         "WORKBENCH_PORT")}
 
@@ -124,3 +124,71 @@ def test_training_commands_migrate_quietly_unless_verbose(tmp_path):
     (tmp_path / "f.db").unlink()
     verbose, _ = run_cli("--verbose", *args)
     assert "Running upgrade" in verbose.stderr  # the migrations are still there, just quiet
+
+
+BAD_SETTINGS = [
+    # (command line, environment, the name the one-line error must carry)
+    (["serve", "--port", "70000"], {}, "--port"),
+    (["serve", "--port", "50051"], {}, "--grpc-port"),       # equals the gRPC default
+    (["serve", "--grpc-port", "-1"], {}, "--grpc-port"),
+    (["serve"], {"RLHF_HTTP__PORT": "99999"}, "RLHF_HTTP__PORT"),
+    (["serve"], {"RLHF_ENGINE__GPU_MEMORY_UTILIZATION": "2"},
+     "RLHF_ENGINE__GPU_MEMORY_UTILIZATION"),
+    (["up", "--port", "0"], {}, "--port"),
+    (["up"], {"RLHF_UP__TRAIN_EVERY_S": "-1"}, "RLHF_UP__TRAIN_EVERY_S"),
+    (["broker", "--port", "70000"], {}, "--port"),
+    (["ingest"], {"RLHF_INGEST__METRICS_PORT": "many"}, "RLHF_INGEST__METRICS_PORT"),
+    (["workbench", "--port", "70000"], {}, "--port"),
+    (["workbench"], {"RLHF_WORKBENCH__SUBMIT_VIA": "pigeon"}, "RLHF_WORKBENCH__SUBMIT_VIA"),
+    (["deploy", "controller", "--port", "70000"], {}, "--port"),
+    (["deploy", "status"], {"RLHF_DEPLOY__POLL_TIMEOUT_MS": "999999"},
+     "RLHF_DEPLOY__POLL_TIMEOUT_MS"),
+    (["train", "cycle", "--min-new-rankings", "0"], {}, "--min-new-rankings"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "name"), BAD_SETTINGS,
+                         ids=[" ".join(a) + "|" + ",".join(e) for a, e, _ in BAD_SETTINGS])
+def test_a_bad_flag_or_variable_exits_2_naming_it_without_a_traceback(tmp_path, args, env,
+                                                                      name):
+    run, _ = run_cli(*args, env={"RLHF_UP__HOME": str(tmp_path / "home"), **env}, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert errors and all(name in line for line in errors[:1]), run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_rlhf_up_with_a_recipe_that_cannot_run_stops_at_start_naming_file_and_field(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    # The packaged paper ppo.yaml without a ptx_file: the first PPO run would have failed
+    # only after enough feedback had been collected.
+    (configs / "ppo.yaml").write_text((REPO / "training/configs/ppo.yaml").read_text())
+    home = tmp_path / "home"
+    run, took = run_cli("up", "--home", str(home), "--config-dir", str(configs),
+                        env=free_up_ports())
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"{configs / 'ppo.yaml'}: ptx_file:" in run.stderr
+    assert took < 60  # recipe classes import torch; no model is loaded, nothing started
+    assert "OpenAI API" not in run.stdout and not home.exists()
+
+
+def test_rlhf_up_with_a_missing_base_model_stops_at_start(tmp_path):
+    run, _ = run_cli("up", "--home", str(tmp_path / "home"), "--model",
+                     str(tmp_path / "nowhere"), env=free_up_ports())
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--model" in run.stderr and "nowhere" in run.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_rlhf_up_default_recipes_are_the_runnable_demo_ones():
+    from rlhf.up import UpSettings
+    from training.config import DEMO_CONFIG_DIR
+    from training.preflight import check_recipe_configs
+
+    assert UpSettings().recipe_dir() == DEMO_CONFIG_DIR.resolve()
+    assert check_recipe_configs(DEMO_CONFIG_DIR) == []
+    # the paper's values need the user's pretraining text: refused, with the field named
+    [problem] = check_recipe_configs(None)
+    assert problem.startswith(f"{REPO / 'training/configs/ppo.yaml'}: ptx_file:")

@@ -21,7 +21,8 @@ FAST = {"sft": {"epochs": 2, "progress": False},
 
 def run_cycle(tmp_path, registry, *extra: str, config_dir=None, kafka=None, env=None):
     db = f"sqlite:///{tmp_path / 'feedback.db'}"
-    env = {**({"RLHF_CONFIG_DIR": str(config_dir)} if config_dir else {}), **(env or {})}
+    # The packaged paper configs need a ptx_file, so a cycle on them stops at start.
+    env = {"RLHF_TRAIN__CONFIG_DIR": str(config_dir or DEMO_CONFIG_DIR), **(env or {})}
     if kafka is not None:
         env["RLHF_KAFKA__BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
     announce = "--announce" if kafka is not None else "--no-announce"
@@ -125,7 +126,7 @@ def test_sft_on_new_demonstrations_passes_its_gates_and_becomes_the_ppo_parent(
     from deploy.settings import GateSettings
 
     config_dir = fast_configs(tmp_path)
-    env = {"RLHF_MIN_NEW_DEMONSTRATIONS": "20"}  # the store holds 24 labeler demonstrations
+    env = {"RLHF_TRAIN__MIN_NEW_DEMONSTRATIONS": "20"}  # the store holds 24 labeler demonstrations
     out = run_cycle(tmp_path, registry, "--min-new-rankings", "1000", config_dir=config_dir,
                     env=env)
     assert out["versions"] == ["policy-0001"]

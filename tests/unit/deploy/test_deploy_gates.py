@@ -152,7 +152,7 @@ def test_the_optimised_rm_is_the_candidates_and_the_judge_is_held_out(tmp_path):
 def test_gate_settings_from_environment(monkeypatch):
     monkeypatch.setenv("RLHF_GATES__MAX_KL", "2.5")
     monkeypatch.setenv("RLHF_GATES__MIN_WIN_RATE", "0.6")
-    monkeypatch.setenv("RLHF_AUTO_PROMOTE", "true")
+    monkeypatch.setenv("RLHF_DEPLOY__AUTO_PROMOTE", "true")
     s = DeploySettings()
     assert (s.gates.max_kl, s.gates.min_win_rate, s.auto_promote) == (2.5, 0.6, True)
     monkeypatch.setenv("RLHF_GATES__MIN_WIN_RATE", "1.5")

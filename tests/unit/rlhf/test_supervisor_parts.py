@@ -101,8 +101,8 @@ def test_children_get_their_settings_and_a_private_tmpdir_each(tmp_path):
     assert list(kids) == ["broker", "ingest", "serve", "deploy", "workbench", "train"]
     root = private_tmp_root(s.home)
     assert {k.tmp for k in kids.values()} == {root / name for name in kids}
-    assert kids["train"].env["RLHF_MIN_NEW_RANKINGS"] == "7"
-    assert kids["train"].env["RLHF_CONFIG_DIR"] == str((tmp_path / "cfg").resolve())
+    assert kids["train"].env["RLHF_TRAIN__MIN_NEW_RANKINGS"] == "7"
+    assert kids["train"].env["RLHF_TRAIN__CONFIG_DIR"] == str((tmp_path / "cfg").resolve())
     assert kids["train"].periodic_s == s.train_every_s
     assert kids["deploy"].env["RLHF_GATES__NUM_PROMPTS"] == "5"
     assert kids["broker"].env["RLHF_BROKER__STORAGE_URL"] == "memory://tansu/"
