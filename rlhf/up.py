@@ -167,8 +167,8 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
                                      "RLHF_INGEST__MAX_POLL_INTERVAL_MS": "10000"}),
         child("serve", ["serve", "--host", "127.0.0.1", "--port", str(s.http_port),
                         "--grpc-port", str(s.grpc_port), "--served-model-name", "policy"],
-              # RLHF_MODEL is also `rlhf up`'s base checkpoint; the server must serve the
-              # registry's live version instead, so that restarts come back on it.
+              # the server serves the registry's live version (so restarts come back on it),
+              # never an RLHF_MODEL left in the shell for a plain `rlhf serve`.
               {"RLHF_MODEL": ""}),
         child("deploy", ["deploy", "controller", "--host", "127.0.0.1",
                          "--port", str(s.deploy_port)],
