@@ -522,11 +522,11 @@ def human_eval_gates(version: str, live: str, settings: GateSettings,
                      store=None) -> dict[str, GateResult]:
     """``human_win_rate`` when ``settings.human_eval.required``, else nothing.
 
-    Labelers' verdicts on the candidate-vs-live queues of ``version`` (labeling/winrate.py):
+    Labelers' verdicts on the candidate-vs-live queues of ``version`` (labeling/human_eval.py):
     passes iff at least ``min_items`` judgments reached the store and the Wilson lower
     bound of the win rate (ties half) is ≥ ``min_lower_bound``. No store: fails.
     """
-    from labeling.winrate import human_eval_gate
+    from labeling.human_eval import human_eval_gate
 
     human = settings.human_eval
     if not human.required:

@@ -7,8 +7,9 @@ workbench's own tables only record which labeler got and finished which item.
 
 Modules: ``settings`` (LabelingSettings, HumanEvalSettings), ``queues`` (store queries on
 the workbench tables), ``assignment`` (who gets which item next), ``agreement`` (pure
-maths: pairwise agreement, Krippendorff's alpha, Borda consensus), ``winrate`` (human win
-rate, Wilson interval, the deploy gate), ``sources`` (building queues from traffic,
+maths: pairwise agreement, Krippendorff's alpha, Borda consensus), ``winrate`` (pure
+maths: human win rate, Wilson interval), ``human_eval`` (the deploy gate on the store's
+verdicts), ``sources`` (building queues from traffic,
 uploaded prompts or a candidate policy), ``submit`` (the feedback sinks), ``api`` (routes)
 and ``static/`` (the page, plain HTML/JS/CSS, no build step).
 """

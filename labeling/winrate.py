@@ -4,7 +4,8 @@ Each judgment of a candidate-vs-live item is a win (the candidate's answer prefe
 loss, or a tie ("tie" and "both bad" alike count half). The win rate is
 ``(wins + ties / 2) / n`` with a Wilson score interval at ``confidence``; the gate passes
 only when at least ``min_items`` judgments exist and the interval's LOWER bound is at
-least ``min_lower_bound``. Everything but :func:`human_eval_gate` is pure.
+least ``min_lower_bound``. Everything here is pure; ``labeling.human_eval`` reads the
+judgments from the store and applies the gate.
 """
 
 from __future__ import annotations
@@ -92,19 +93,3 @@ def check_human_win_rate(result: WinRate, settings: HumanEvalSettings) -> HumanE
                f"{result.losses} losses), {result.confidence:.0%} Wilson lower bound "
                f"{result.lower:.1%} {'≥' if passed else '<'} {settings.min_lower_bound:.1%}",
         detail=detail)
-
-
-def human_eval_gate(engine: Any, candidate: str, live: str | None,
-                    settings: HumanEvalSettings) -> HumanEvalVerdict | None:
-    """The deploy gate: None when not ``required``; else the verdict from the store.
-
-    ``engine`` is the feedback store's SQLAlchemy engine (the workbench's tables live in
-    the same database). Judgments come from every candidate-vs-live queue of
-    ``candidate`` (against ``live`` when given) whose feedback reached the store.
-    """
-    if not settings.required:
-        return None
-    from labeling.queues import candidate_outcomes
-
-    outcomes = candidate_outcomes(engine, candidate, live)
-    return check_human_win_rate(win_rate(outcomes, settings.confidence), settings)

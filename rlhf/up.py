@@ -246,20 +246,15 @@ def run(s: UpSettings, until: float | None = None) -> int:
     Exit codes: 0 stopped on request; 2 a port is taken or a setting or recipe config
     cannot run (nothing was started); 1 the embedded broker could not start.
     """
-    problems = check_configs(s)
-    if problems:
-        for line in problems:
-            print(f"rlhf up: error: {line}", file=sys.stderr, flush=True)
-        print("rlhf up: nothing was started. Fix the config (--config-dir, "
-              "RLHF_UP__CONFIG_DIR) or the flag.", file=sys.stderr, flush=True)
-        return 2
-    taken = check_ports(s)
-    if taken:
-        for line in taken:
-            print(f"rlhf up: {line}", file=sys.stderr, flush=True)
-        print("rlhf up: nothing was started. Stop what holds the port(s), or pick others "
-              "(rlhf up --help lists the port flags).", file=sys.stderr, flush=True)
-        return 2
+    for problems, advice in (
+            ([f"error: {p}" for p in check_configs(s)],
+             "Fix the config (--config-dir, RLHF_UP__CONFIG_DIR) or the flag."),
+            (check_ports(s), "Stop what holds the port(s), or pick others (rlhf up --help "
+                             "lists the port flags).")):
+        if problems:
+            for line in [*problems, f"nothing was started. {advice}"]:
+                print(f"rlhf up: {line}", file=sys.stderr, flush=True)
+            return 2
     warning = None if s.external_kafka else memory_storage_warning(s.broker.storage_url)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from feedback.store.models import Base, SeqType
+from feedback.store.base import Base, SeqType
 
 
 class LabelingQueueTable(Base):

@@ -24,19 +24,17 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.events import MAX_EVENT_ID_CHARS, MAX_FINISH_REASON_CHARS, MAX_NAME_CHARS
 
+# The labeling workbench's tables share this metadata, so Alembic sees them (migration 0003):
+# importing Base from here (as the store, Alembic and the tests do) brings every table.
+from feedback.store import labeling_models as _labeling_models  # noqa: F401
+from feedback.store.base import Base, SeqType
+
 EventId = String(MAX_EVENT_ID_CHARS)
 Name = String(MAX_NAME_CHARS)
-
-# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit sequence.
-SeqType = BigInteger().with_variant(Integer(), "sqlite")
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class CompletionTable(Base):
@@ -174,6 +172,3 @@ class ProcessedEventTable(Base):
 
     event_id: Mapped[str] = mapped_column(EventId, primary_key=True)
 
-
-# The labeling workbench's tables share this metadata, so Alembic sees them (migration 0003).
-from feedback.store import labeling_models as _labeling_models  # noqa: E402,F401

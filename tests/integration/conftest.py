@@ -1,5 +1,6 @@
 """A tiny base model, a real SQLite feedback store with synthetic feedback, a registry."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,13 @@ def registry(tmp_path, tiny_base) -> Registry:
 
 
 @pytest.fixture
-def empty_store(tmp_path) -> FeedbackStore:
+def empty_store(tmp_path) -> Iterator[FeedbackStore]:
     store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
-    store.migrate()
-    return store
+    try:
+        store.migrate()
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture

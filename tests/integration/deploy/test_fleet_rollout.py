@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,30 +62,33 @@ def fleet(tiny_model, tmp_path_factory):
                                                        num_heads=3), {})
     registry.create_version("policy", build_tiny_model(tmp / "seed2", seed=2), {})
     registry.create_version("policy", build_tiny_model(tmp / "seed3", seed=3), {})
-    broker = EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log")
-    broker.start()
     db_url = f"sqlite:///{tmp / 'feedback.db'}"
     store = FeedbackStore(db_url)
     store.migrate()
     store.close()
-    ingester = IngesterProcess(broker.kafka, db_url, tmp / "ingest.log").start()
+    with ExitStack() as started:  # each process stopped, also when a later one fails
+        broker = started.enter_context(EmbeddedBroker(KafkaSettings(request_timeout_ms=2000),
+                                                      log_path=tmp / "tansu.log"))
+        started.enter_context(IngesterProcess(broker.kafka, db_url, tmp / "ingest.log"))
 
-    def start(i: int) -> RemoteServer:
-        return RemoteServer(None, log_path=tmp / f"r{i}.log", timeout=400, env={
-            "RLHF_REGISTRY__ROOT": str(registry.root), "RLHF_PUBLISH_EVENTS": "true",
-            "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "RLHF_KAFKA__REQUEST_TIMEOUT_MS": "2000", "RLHF_AUTH__KEYS": json.dumps(KEYS),
-            "RLHF_REPLICA__ID": f"r{i}", "RLHF_REPLICA__HEARTBEAT_INTERVAL_S": "1",
-            "RLHF_ENGINE__KV_CACHE_SPACE_GIB": "0.25", "RLHF_ENGINE__MAX_NUM_SEQS": "16"})
+        def start(i: int) -> RemoteServer:
+            return RemoteServer(None, log_path=tmp / f"r{i}.log", timeout=400, env={
+                "RLHF_REGISTRY__ROOT": str(registry.root), "RLHF_PUBLISH_EVENTS": "true",
+                "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+                "RLHF_KAFKA__REQUEST_TIMEOUT_MS": "2000", "RLHF_AUTH__KEYS": json.dumps(KEYS),
+                "RLHF_REPLICA__ID": f"r{i}", "RLHF_REPLICA__HEARTBEAT_INTERVAL_S": "1",
+                "RLHF_ENGINE__KV_CACHE_SPACE_GIB": "0.25", "RLHF_ENGINE__MAX_NUM_SEQS": "16"})
 
-    with ThreadPoolExecutor(3) as pool:
-        servers = list(pool.map(start, range(3)))
-    yield Fleet(registry, broker.kafka, db_url, {f"r{i}": s for i, s in enumerate(servers)},
-                tmp)
-    for s in servers:
-        s.stop()
-    ingester.stop()
-    broker.stop()
+        # The replicas start together; the ones that came up are stopped even when another
+        # failed (pool.map would drop them with the first error).
+        with ThreadPoolExecutor(3) as pool:
+            starting = [pool.submit(start, i) for i in range(3)]
+        for future in starting:
+            if future.exception() is None:
+                started.enter_context(future.result())
+        servers = [future.result() for future in starting]  # raises the first failure
+        yield Fleet(registry, broker.kafka, db_url,
+                    {f"r{i}": s for i, s in enumerate(servers)}, tmp)
 
 
 def controller_for(fleet: Fleet, policy: dict | None = None, **rollout) -> DeployController:
@@ -134,14 +138,19 @@ class Traffic:
         return self
 
     def __exit__(self, *exc) -> None:
-        # Clients first: the sampler keeps sampling until the last answer is in, so every
+        # Clients first: the sampler goes on until a whole sweep of /ready began after the
+        # last answer ended (the sweep under way may have asked a replica before), so every
         # answer has a sample of its replica's version after it ended.
         self._stop.set()
         for t in self._threads:
             t.join(60)
-        time.sleep(0.3)
-        self._stop_sampling.set()
-        self._sampling.join(60)
+        try:
+            swept = len(self.samples) + 2
+            wait_for(lambda: len(self.samples) >= swept, 60, interval=0.05,
+                     what="a /ready sample after the last answer")
+        finally:
+            self._stop_sampling.set()
+            self._sampling.join(60)
 
     def wait_answers(self, more: int) -> None:
         """Until ``more`` answers beyond those so far have come back."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -89,8 +90,10 @@ def _sample(registry: CollectorRegistry, name: str, topic: str) -> float:
     return registry.get_sample_value(name, {"topic": topic}) or 0.0
 
 
-def test_completion_log_buffers_while_the_broker_is_down_and_delivers_after(kafka_broker):
-    kafka = kafka_broker.kafka
+def test_completion_log_buffers_while_the_broker_is_down_and_delivers_after(kafka_broker,
+                                                                             caplog):
+    caplog.set_level(logging.WARNING, logger="core.producer")
+    kafka = kafka_broker.kafka  # request timeout 2 s
     topic = kafka.topics.completions
     registry = CollectorRegistry()
     log = CompletionLogPublisher(kafka, buffer_size=100, registry=registry,
@@ -103,10 +106,16 @@ def test_completion_log_buffers_while_the_broker_is_down_and_delivers_after(kafk
     events = [completion(f"down-{i}") for i in range(20)]
     for e in events:
         log.publish_nowait(e)
-    assert time.monotonic() - started < 0.1  # never blocks the caller
+    # Never blocks the caller: one call that waited on the dead broker would take a request
+    # timeout, twenty appends to the buffer take microseconds even on a loaded machine.
+    assert time.monotonic() - started < kafka.request_timeout_ms / 1000
     assert log.buffered == 20
     assert _sample(registry, "rlhf:events_buffered", topic) == 20
-    assert not log.flush(timeout=1.5)  # nothing can be delivered
+    # Nothing can be delivered: once a delivery attempt has failed, all 20 are still held.
+    wait_for(lambda: any("Kafka unavailable" in r.getMessage() for r in caplog.records), 30,
+             what="a failed delivery attempt")
+    assert log.buffered == 20
+    assert _sample(registry, "rlhf:events_published_total", topic) == 1  # "before"
 
     kafka_broker.start()
     assert log.flush(timeout=30)
