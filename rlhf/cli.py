@@ -149,7 +149,8 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_UP__HOME; def
                       "(RLHF_UP__EXTERNAL_KAFKA)."),
        broker_storage: str = typer.Option(
            None, help="Embedded broker storage (RLHF_BROKER__STORAGE_URL; default "
-                      "memory://tansu/, which loses unconsumed events on restart)."),
+                      "s3://tansu/ on a local S3 store under <home>/broker, durable; "
+                      "memory://tansu/ is faster and loses unconsumed events on restart)."),
        ) -> None:
     """Run the whole platform on this machine: broker, server, ingester, trainer, deploy,
     labeling workbench.

@@ -158,9 +158,9 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
 
     if not s.external_kafka:
         made.append(child("broker", ["broker", "--port", str(s.broker_port)],
-                          {"RLHF_BROKER__STORAGE_URL": s.broker.storage_url,
-                           **({"RLHF_BROKER__BINARY": str(s.broker.binary)}
-                              if s.broker.binary else {})}))
+                          _flat_env("RLHF_BROKER__", {
+                              **s.broker.model_dump(mode="json"),
+                              "data_dir": str((s.broker.data_dir or home / "broker").resolve())})))
     made += [
         child("ingest", ["ingest"], {"RLHF_INGEST__METRICS_PORT": str(s.ingest_metrics_port),
                                      "RLHF_INGEST__SESSION_TIMEOUT_MS": "6000",
@@ -191,7 +191,9 @@ def banner(s: UpSettings) -> str:
     by_role = {role: key for key, role in keys.items()}
     broker = s.external_kafka or f"127.0.0.1:{s.broker_port} (embedded, " + (
         "memory storage: events are lost when it restarts)"
-        if memory_storage_warning(s.broker.storage_url) else "durable storage)")
+        if memory_storage_warning(s.broker.storage_url)
+        else f"durable storage {s.broker.storage_url} under "
+             f"{s.broker.data_dir or s.home.resolve() / 'broker'})")
     return "\n".join([
         "rlhf up: the platform is starting (the model loads in ~30 s on a CPU).",
         f"  OpenAI API   http://127.0.0.1:{s.http_port}/v1   (model: policy)",

@@ -1,4 +1,5 @@
-"""The embedded broker's storage: durable on PostgreSQL, loudly forgetful on memory.
+"""The embedded broker's storage: durable on PostgreSQL, loudly forgetful on memory (the
+default, s3:// on a local object store, is tested in test_durable_broker.py).
 
 ``rlhf up`` / ``rlhf broker`` run Tansu on RLHF_BROKER__STORAGE_URL. On a postgres://
 URL, events produced before a broker restart are all consumed after it. That needs a
@@ -114,8 +115,7 @@ def test_postgres_storage_without_the_feature_fails_fast_naming_it(tmp_path):
 @pytest.mark.kafka
 def test_memory_storage_is_announced_at_start_up(tmp_path):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RLHF_BROKER__STORAGE_URL", None)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RLHF_BROKER__STORAGE_URL": "memory://tansu/"}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf", "broker", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
