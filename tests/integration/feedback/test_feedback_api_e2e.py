@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import ExitStack
 
 import grpc
 import httpx
@@ -26,21 +27,19 @@ KEYS = {"sk-user": "user", "sk-labeler": "labeler", "sk-admin": "admin"}
 @pytest.fixture(scope="module")
 def stack(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
-    broker = EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log")
-    broker.start()
-    db_url = f"sqlite:///{tmp / 'feedback.db'}"
-    store = FeedbackStore(db_url)
-    store.migrate()
-    ingester = IngesterProcess(broker.kafka, db_url, tmp / "ingest.log").start()
-    server = RemoteServer(tiny_model, log_path=tmp / "server.log", env={
-        "RLHF_PUBLISH_EVENTS": "true",
-        "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "RLHF_KAFKA__REQUEST_TIMEOUT_MS": "2000",
-        "RLHF_AUTH__KEYS": json.dumps(KEYS)})
-    yield broker, server, store
-    server.stop()
-    ingester.stop()
-    broker.stop()
+    with ExitStack() as started:  # whatever started is stopped, even if a later step fails
+        broker = started.enter_context(
+            EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log"))
+        db_url = f"sqlite:///{tmp / 'feedback.db'}"
+        store = FeedbackStore(db_url)
+        store.migrate()
+        started.enter_context(IngesterProcess(broker.kafka, db_url, tmp / "ingest.log"))
+        server = started.enter_context(RemoteServer(tiny_model, log_path=tmp / "server.log", env={
+            "RLHF_PUBLISH_EVENTS": "true",
+            "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "RLHF_KAFKA__REQUEST_TIMEOUT_MS": "2000",
+            "RLHF_AUTH__KEYS": json.dumps(KEYS)}))
+        yield broker, server, store
 
 
 def _auth(key: str) -> dict:

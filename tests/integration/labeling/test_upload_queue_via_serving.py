@@ -4,6 +4,7 @@ the serving API's /v1/feedback with the labeler's own key, stored by the real in
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,12 +27,15 @@ def test_upload_queue_answers_come_from_serving_and_judgments_go_back_through_it
     db_url = f"sqlite:///{tmp_path / 'fb.db'}"
     store = FeedbackStore(db_url)
     store.migrate()
-    ingester = IngesterProcess(kafka_broker.kafka, db_url, tmp_path / "ingest.log").start()
-    server = RemoteServer(tiny_model, log_path=tmp_path / "server.log", env={
-        "RLHF_PUBLISH_EVENTS": "true",
-        "RLHF_KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
-        "RLHF_AUTH__KEYS": json.dumps(KEYS)})
-    try:
+    with ExitStack() as started:  # the ingester stops even if the server never gets ready
+        started.callback(store.close)
+        started.enter_context(IngesterProcess(kafka_broker.kafka, db_url,
+                                              tmp_path / "ingest.log"))
+        server = started.enter_context(RemoteServer(
+            tiny_model, log_path=tmp_path / "server.log", env={
+                "RLHF_PUBLISH_EVENTS": "true",
+                "RLHF_KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
+                "RLHF_AUTH__KEYS": json.dumps(KEYS)}))
         settings = LabelingSettings(auth={"keys": KEYS}, serving_url=server.url,
                                     serving_model="tiny", submit_via="serving")
         app = create_app(settings, store.engine,
@@ -58,7 +62,3 @@ def test_upload_queue_answers_come_from_serving_and_judgments_go_back_through_it
 
             who = c.execute(text("select submitted_by from feedback")).scalar_one()
         assert who == labeler  # identity from the forwarded key
-    finally:
-        server.stop()
-        ingester.stop()
-        store.close()

@@ -83,11 +83,13 @@ def workbench(kafka_broker, ingester_process, tmp_path):
         except httpx.HTTPError:
             return False
 
-    wait_for(healthy, 60, interval=0.3, what="the workbench to start")
-    yield url, store, kafka_broker
-    proc.terminate()
-    proc.wait(20)
-    store.close()
+    try:  # stopped even when it never becomes healthy
+        wait_for(healthy, 60, interval=0.3, what="the workbench to start")
+        yield url, store, kafka_broker
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        store.close()
 
 
 def _traffic(kafka, store: FeedbackStore) -> CompletionRecord:

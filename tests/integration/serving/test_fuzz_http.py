@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import ExitStack
 
 import pytest
 import schemathesis
@@ -26,17 +27,16 @@ PUBLIC = ("/health", "/ready", "/metrics")
 @pytest.fixture(scope="module")
 def fuzz_server(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz-http")
-    broker = EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log")
-    broker.start()
-    server = RemoteServer(tiny_model, log_path=tmp / "server.log", env={
-        "RLHF_PUBLISH_EVENTS": "true", "RLHF_FOLLOW_POLICY_EVENTS": "false",
-        "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "RLHF_KAFKA__REQUEST_TIMEOUT_MS": "2000", "RLHF_REGISTRY__ROOT": str(tmp / "registry"),
-        "RLHF_LIMITS__MAX_N": "2",  # keeps generated requests quick on CPUs
-        "RLHF_AUTH__KEYS": json.dumps(KEYS)})
-    yield server
-    server.stop()
-    broker.stop()
+    with ExitStack() as started:  # the broker stops even if the server never gets ready
+        broker = started.enter_context(
+            EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log"))
+        yield started.enter_context(RemoteServer(tiny_model, log_path=tmp / "server.log", env={
+            "RLHF_PUBLISH_EVENTS": "true", "RLHF_FOLLOW_POLICY_EVENTS": "false",
+            "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "RLHF_KAFKA__REQUEST_TIMEOUT_MS": "2000",
+            "RLHF_REGISTRY__ROOT": str(tmp / "registry"),
+            "RLHF_LIMITS__MAX_N": "2",  # keeps generated requests quick on CPUs
+            "RLHF_AUTH__KEYS": json.dumps(KEYS)}))
 
 
 @pytest.fixture(scope="module")

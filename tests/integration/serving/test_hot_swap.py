@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import grpc
 import httpx
@@ -46,16 +47,15 @@ def registry(tiny_model, tmp_path_factory) -> Registry:
 @pytest.fixture(scope="module")
 def stack(registry, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("swap-stack")
-    broker = EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log")
-    broker.start()
-    # No --model: a (re)started server serves the registry's live policy.
-    server = RemoteServer(None, log_path=tmp / "server.log", env={
-        "RLHF_REGISTRY__ROOT": str(registry.root), "RLHF_PUBLISH_EVENTS": "true",
-        "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "RLHF_AUTH__KEYS": json.dumps({"sk-admin": "admin", "sk-user": "user"})})
-    yield broker, server
-    server.stop()
-    broker.stop()
+    with ExitStack() as started:  # the broker stops even if the server never gets ready
+        broker = started.enter_context(
+            EmbeddedBroker(KafkaSettings(request_timeout_ms=2000), log_path=tmp / "tansu.log"))
+        # No --model: a (re)started server serves the registry's live policy.
+        server = started.enter_context(RemoteServer(None, log_path=tmp / "server.log", env={
+            "RLHF_REGISTRY__ROOT": str(registry.root), "RLHF_PUBLISH_EVENTS": "true",
+            "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "RLHF_AUTH__KEYS": json.dumps({"sk-admin": "admin", "sk-user": "user"})}))
+        yield broker, server
 
 
 def _greedy(server) -> tuple[str, str]:
