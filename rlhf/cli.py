@@ -147,6 +147,9 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_UP__HOME; def
        external_kafka: str = typer.Option(
            None, help="host:port of a Kafka to use instead of the embedded broker "
                       "(RLHF_UP__EXTERNAL_KAFKA)."),
+       database_url: str = typer.Option(
+           None, help="Feedback store URL for every process (RLHF_UP__DATABASE_URL; "
+                      "default sqlite:///<home>/feedback.db)."),
        broker_storage: str = typer.Option(
            None, help="Embedded broker storage (RLHF_BROKER__STORAGE_URL; default "
                       "s3://tansu/ on a local S3 store under <home>/broker, durable; "
@@ -174,6 +177,7 @@ def up(home: Path = typer.Option(None, help="State directory (RLHF_UP__HOME; def
         "gates.max_new_tokens": ("--gate-max-new-tokens", gate_max_new_tokens),
         "auto_promote": ("--auto-promote", auto_promote),
         "external_kafka": ("--external-kafka", external_kafka),
+        "database_url": ("--database-url", database_url),
         "broker.storage_url": ("--broker-storage", broker_storage)}, command="rlhf up")
     raise typer.Exit(run(settings))
 

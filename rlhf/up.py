@@ -70,6 +70,9 @@ class UpSettings(ProcessSettings):
     auto_promote: bool = Field(True, description="Promote candidates that pass the gates.")
     external_kafka: str | None = Field(
         None, description="Use this Kafka instead of the embedded broker.")
+    database_url: str | None = Field(
+        None, description="Feedback store (SQLAlchemy URL, e.g. postgresql://…) for every "
+                          "process; default: sqlite:///<home>/feedback.db.")
     gates: GateSettings = Field(default_factory=GateSettings)
     broker: EmbeddedBrokerSettings = Field(default_factory=EmbeddedBrokerSettings)
 
@@ -112,7 +115,7 @@ def prepare_home(s: UpSettings) -> dict[str, str]:
     if registry.live_policy() is None:
         base = registry.register_base(Path(model))
         registry.set_live(base.version, "base policy of rlhf up")
-    db_url = f"sqlite:///{home / 'feedback.db'}"
+    db_url = s.database_url or f"sqlite:///{home / 'feedback.db'}"
     FeedbackStore(db_url).migrate()
     keys = home / "keys.json"
     if not keys.exists():

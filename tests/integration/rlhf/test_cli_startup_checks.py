@@ -118,11 +118,12 @@ def test_rlhf_serve_without_keys_on_a_public_address_needs_allow_open(tmp_path, 
 def test_training_commands_migrate_quietly_unless_verbose(tmp_path):
     args = ["train", "cycle", "--database-url", f"sqlite:///{tmp_path / 'f.db'}",
             "--registry", str(tmp_path / "registry"), "--no-announce"]
-    quiet, _ = run_cli(*args, env={"RLHF_LOG_LEVEL": "info"})
+    runnable = {"RLHF_TRAIN__CONFIG_DIR": str(REPO / "training/configs/demo")}
+    quiet, _ = run_cli(*args, env={"RLHF_LOG_LEVEL": "info", **runnable})
     assert quiet.returncode == 0, quiet.stderr
     assert "alembic" not in quiet.stderr and "nothing due" in quiet.stderr
     (tmp_path / "f.db").unlink()
-    verbose, _ = run_cli("--verbose", *args)
+    verbose, _ = run_cli("--verbose", *args, env=runnable)
     assert "Running upgrade" in verbose.stderr  # the migrations are still there, just quiet
 
 
