@@ -41,9 +41,15 @@ def test_two_processes_match_one_process(store, tiny_base, tmp_path):
     base = {k.removeprefix("model."): v for k, v in
             load_file(tiny_base / "model.safetensors").items()}
     moved = max((outputs[1][k] - base[k]).abs().max().item() for k in base if k in outputs[1])
-    diff = max((outputs[1][k] - outputs[2][k]).abs().max().item() for k in outputs[1])
-    # 3 AdamW steps at lr 1e-3 move weights by ~1e-3; two-process DDP differs from one
-    # process only by float summation order (~1e-5 measured)
+    weights = [k for k in outputs[1] if k != "bias"]
+    diff = max((outputs[1][k] - outputs[2][k]).abs().max().item() for k in weights)
+    # 3 AdamW steps at lr 1e-3 move weights by ~1e-3 (3.0e-3 measured); two-process DDP
+    # differs from one process only by float summation order (1e-5 to 1.7e-4 measured)
     assert moved > 1e-3
     assert diff < 5e-4
+    # The centring bias is in reward units, not a weight: the mean score of the
+    # demonstrations after training, so the weights' float-order differences reach it
+    # through a whole forward pass (6.7e-4 on a bias of -0.117 measured, 2026-12-07).
+    bias_diff = (outputs[1]["bias"] - outputs[2]["bias"]).abs().max().item()
+    assert bias_diff < 5e-3 * max(1.0, outputs[1]["bias"].abs().max().item())
     assert all(torch.isfinite(v).all() for v in outputs[2].values())

@@ -105,12 +105,14 @@ def test_children_get_their_settings_and_a_private_tmpdir_each(tmp_path):
     assert kids["train"].env["RLHF_TRAIN__CONFIG_DIR"] == str((tmp_path / "cfg").resolve())
     assert kids["train"].periodic_s == s.train_every_s
     assert kids["deploy"].env["RLHF_GATES__NUM_PROMPTS"] == "5"
-    assert kids["broker"].env["RLHF_BROKER__STORAGE_URL"] == "memory://tansu/"
+    # durable by default: s3:// on the local object store under the home directory
+    assert kids["broker"].env["RLHF_BROKER__STORAGE_URL"] == "s3://tansu/"
+    assert kids["broker"].env["RLHF_BROKER__DATA_DIR"] == str((s.home / "broker").resolve())
     assert "127.0.0.1" in kids["serve"].cmd  # loopback: no API-key refusal
 
 
 def test_the_banner_says_when_events_do_not_survive_a_broker_restart(tmp_path):
     s = _home(tmp_path)
+    assert "durable storage s3://tansu/" in banner(s)  # the default
+    s.broker.storage_url = "memory://tansu/"
     assert "memory storage: events are lost when it restarts" in banner(s)
-    s.broker.storage_url = "postgres://postgres@127.0.0.1/tansu"
-    assert "durable storage" in banner(s)
