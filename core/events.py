@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -70,6 +71,29 @@ def _no_nul(v: str) -> str:
     if "\x00" in v:
         raise ValueError("must not contain NUL characters (\\x00)")
     return v
+
+
+UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+"""What no field can carry: NUL (PostgreSQL text and JSON cannot hold it) and lone
+surrogates (not UTF-8 at all; pydantic refuses them as ``string_unicode``)."""
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every character in UNSTORABLE_CHARS replaced by U+FFFD.
+
+    Strings, dict keys and values, and lists are walked; anything else is returned as it
+    is. The server applies this to what it logs itself (engine output, and the prompt it
+    already served), where refusing the event would lose a completion the client has;
+    input from outside (feedback, events on the topics) is still validated and refused.
+    """
+    if isinstance(value, str):
+        return UNSTORABLE_CHARS.sub(REPLACEMENT_CHAR, value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
 
 
 def _json_safe(value: Any, depth: int = 0) -> None:

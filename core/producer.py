@@ -7,9 +7,11 @@ Two delivery contracts, two classes:
   raises :class:`BrokerUnavailable` within the configured timeout otherwise.
 * :class:`CompletionLogPublisher` — logging a completion must never slow a response, so
   ``publish_nowait`` only appends to a bounded buffer that a background thread drains.
-  While the broker is down events wait; when the buffer is full the oldest are dropped,
-  and both are visible as metrics. A record Kafka can never accept (larger than
-  ``MAX_REQUEST_BYTES``, or refused by the broker as too large) is dropped and counted
+  While the broker is down events wait; when the buffer is full the oldest go to a spill
+  file on local disk (:mod:`core.spill`), replayed once the broker answers, so only a
+  disk failure loses one; all of it is visible as metrics. A record Kafka can never
+  accept (larger than ``MAX_REQUEST_BYTES``, or refused by the broker as too large) is
+  set aside in the spill directory's ``rejected/`` folder and counted
   (``rlhf:events_rejected_total{reason="too_large"}``) instead of being retried forever
   at the head of the buffer.
 
@@ -27,6 +29,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, NoReturn
 
 from kafka import KafkaProducer
@@ -35,8 +38,17 @@ from kafka.producer.future import FutureRecordMetadata
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from core.errors import BrokerUnavailable
-from core.events import EventBase, encode_event, event_headers, event_key
+from core.events import (
+    EventBase,
+    InvalidEvent,
+    decode_event,
+    encode_event,
+    event_headers,
+    event_key,
+    storable,
+)
 from core.settings import KafkaSettings
+from core.spill import Segment, Spill
 
 log = logging.getLogger(__name__)
 
@@ -367,13 +379,25 @@ class _LogMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.buffered = Gauge("rlhf:events_buffered", "Events waiting to be sent to Kafka.",
                               ["topic"], registry=registry)
-        self.dropped = Counter("rlhf:events_dropped", "Events dropped because the buffer "
-                               "was full.", ["topic"], registry=registry)
-        self.published = Counter("rlhf:events_published", "Events acknowledged by Kafka.",
-                                 ["topic"], registry=registry)
-        self.rejected = Counter("rlhf:events_rejected", "Events dropped because Kafka can "
-                                "never accept them (reason=too_large).", ["topic", "reason"],
+        self.published = Counter("rlhf:events_published", "Events acknowledged by Kafka "
+                                 "(replayed ones included).", ["topic"], registry=registry)
+        self.spilled = Counter("rlhf:events_spilled", "Events written to the spill file "
+                               "because the buffer was full (reason=buffer_full) or the "
+                               "process stopped with them undelivered (reason=shutdown).",
+                               ["topic", "reason"], registry=registry)
+        self.replayed = Counter("rlhf:events_replayed", "Spilled events Kafka acknowledged "
+                                "when they were replayed.", ["topic"], registry=registry)
+        self.in_spill = Gauge("rlhf:events_in_spill", "Events in this process's spill "
+                              "files, waiting to be replayed.", ["topic"], registry=registry)
+        self.rejected = Counter("rlhf:events_rejected", "Events Kafka can never accept "
+                                "(reason=too_large), kept in the spill directory's "
+                                "rejected/ folder instead.", ["topic", "reason"],
                                 registry=registry)
+        self.dropped = Counter("rlhf:events_dropped", "Events lost: the spill file could not "
+                               "be written (reason=spill_failed), no spill directory is set "
+                               "(reason=no_spill), the event cannot be serialised "
+                               "(reason=unserialisable) or a spilled line no longer decodes "
+                               "(reason=unreadable).", ["topic", "reason"], registry=registry)
 
     @classmethod
     def of(cls, registry: CollectorRegistry) -> _LogMetrics:
@@ -383,121 +407,164 @@ class _LogMetrics:
 
 
 class CompletionLogPublisher:
-    """Logs completions without ever blocking the caller.
+    """Logs completions without ever blocking the caller, and without losing them.
 
     ``publish_nowait`` appends to a bounded buffer; a daemon thread sends batches and
     removes them only once acknowledged. Events of a batch that failed go back to the
-    front of the buffer and the producer is rebuilt, so a restarted broker is picked up;
-    an event too large for Kafka is dropped and counted, never retried. Redelivery
-    after a failure may duplicate an event; the store deduplicates on ``event_id``.
+    front of the buffer and the producer is rebuilt, so a restarted broker is picked up.
+
+    With ``spill_dir`` nothing is dropped short of a disk failure: when the buffer is full
+    its oldest event is appended to a spill file (:mod:`core.spill`), as is whatever is
+    still undelivered at ``close``; the same thread replays the spill files at start-up,
+    every ``replay_interval_s`` and as soon as the broker answers again, removing lines
+    only once Kafka acknowledged them. An event Kafka can never accept (too large) is kept
+    in ``<spill_dir>/rejected/`` and counted, never retried. Replays and redelivery after
+    a failure may duplicate an event; the store deduplicates on ``event_id``. Without
+    ``spill_dir`` those events are dropped and counted (``reason="no_spill"``).
     """
 
     def __init__(self, kafka: KafkaSettings, buffer_size: int = 10_000,
                  registry: CollectorRegistry | None = None, topic: str | None = None,
-                 batch_size: int = 500, retry_backoff_s: float = 0.5):
+                 batch_size: int = 500, retry_backoff_s: float = 0.5,
+                 spill_dir: Path | str | None = None, replay_interval_s: float = 30.0):
         self._kafka = kafka
         self.topic = topic or kafka.topics.completions
         self._capacity = buffer_size
         self._buffer: collections.deque[EventBase] = collections.deque()
-        self._inflight = 0
+        self._inflight: list[EventBase] = []
         self._batch_size = batch_size
         self._backoff_s = retry_backoff_s
         self._cond = threading.Condition()
         self._closing = False
         self._producer: KafkaProducer | None = None
         self._metrics = _LogMetrics.of(registry or REGISTRY)
+        self._spill = Spill(spill_dir, self.topic) if spill_dir is not None else None
+        self._rejected = (Spill(Path(spill_dir) / "rejected", self.topic)
+                          if spill_dir is not None else None)
+        self._replay_interval_s = replay_interval_s
+        self._next_replay = 0.0  # monotonic time of the next replay: at start-up
+        self._broker_down = False
         self._thread = threading.Thread(target=self._drain_forever, name="completion-log",
                                         daemon=True)
         self._thread.start()
 
     @property
     def buffered(self) -> int:
-        """Events accepted but not yet acknowledged."""
+        """Events accepted but not yet acknowledged, nor spilled."""
         with self._cond:
-            return len(self._buffer) + self._inflight
+            return len(self._buffer) + len(self._inflight)
+
+    @property
+    def spilled(self) -> int:
+        """Events in this process's spill files, waiting to be replayed."""
+        return self._spill.pending if self._spill is not None else 0
 
     def publish_nowait(self, event: EventBase) -> None:
-        """Queue an event; drops (and counts) the oldest one if the buffer is full."""
+        """Queue an event; when the buffer is full its oldest event goes to the spill (a
+        local file append: the caller never waits on the network)."""
         with self._cond:
             self._buffer.append(event)
-            self._trim()
+            overflow = self._trim()
             self._update_gauge()
             self._cond.notify()
+        if overflow:
+            self._spill_events(overflow, "buffer_full")
 
-    def _trim(self) -> None:
-        """Keep at most ``capacity`` events waiting, counting the ones dropped."""
-        over = len(self._buffer) + self._inflight - self._capacity
-        for _ in range(min(over, len(self._buffer))):
-            self._buffer.popleft()
-            self._metrics.dropped.labels(self.topic).inc()
+    def _trim(self) -> list[EventBase]:
+        """Take the events beyond ``capacity`` (the oldest waiting) out of the buffer."""
+        over = len(self._buffer) + len(self._inflight) - self._capacity
+        return [self._buffer.popleft() for _ in range(min(over, len(self._buffer)))]
 
     def _update_gauge(self) -> None:
-        self._metrics.buffered.labels(self.topic).set(len(self._buffer) + self._inflight)
+        self._metrics.buffered.labels(self.topic).set(len(self._buffer) + len(self._inflight))
 
-    def _take_batch(self) -> list[EventBase]:
-        """Wait for events and move up to batch_size of them to in-flight."""
-        with self._cond:
-            while not self._buffer and not self._closing:
-                self._cond.wait()
-            batch = [self._buffer.popleft()
-                     for _ in range(min(self._batch_size, len(self._buffer)))]
-            self._inflight = len(batch)
-            return batch
-
-    def _finish_batch(self, published: int, retry: list[EventBase]) -> None:
-        with self._cond:
-            self._inflight = 0
-            self._metrics.published.labels(self.topic).inc(published)
-            if retry:
-                self._buffer.extendleft(reversed(retry))
-                self._trim()
-            self._update_gauge()
-            self._cond.notify_all()
+    # -- the drain thread ---------------------------------------------------------------
 
     def _drain_forever(self) -> None:
         while True:
+            if self._replay_due():
+                self._replay()
             batch = self._take_batch()
             if not batch:
-                return  # closing and nothing left
+                with self._cond:
+                    if self._closing and not self._buffer:
+                        return
+                continue  # woke up for a replay
             published, retry = self._send(batch)
             self._finish_batch(published, retry)
             if retry:
+                self._broker_down = True
                 with self._cond:
                     if self._closing:
                         return
                     self._cond.wait(self._backoff_s)
+            elif self._broker_down or self.spilled:
+                # the broker takes events (again): replay the spill now, not at the timer
+                self._broker_down = False
+                self._next_replay = 0.0
+
+    def _take_batch(self) -> list[EventBase]:
+        """Wait for events and move up to batch_size of them to in-flight; [] when
+        closing with nothing left, or when a replay is due."""
+        with self._cond:
+            while not self._buffer and not self._closing:
+                wait = self._until_replay()
+                if wait is not None and wait <= 0:
+                    return []
+                self._cond.wait(wait)
+            batch = [self._buffer.popleft()
+                     for _ in range(min(self._batch_size, len(self._buffer)))]
+            self._inflight = batch
+            return batch
+
+    def _finish_batch(self, published: int, retry: list[EventBase]) -> None:
+        with self._cond:
+            self._inflight = []
+            self._metrics.published.labels(self.topic).inc(published)
+            overflow = []
+            if retry:
+                self._buffer.extendleft(reversed(retry))
+                overflow = self._trim()
+            self._update_gauge()
+            self._cond.notify_all()
+        if overflow:
+            self._spill_events(overflow, "buffer_full")
 
     def _send(self, batch: list[EventBase]) -> tuple[int, list[EventBase]]:
         """Send one batch and wait for the acks: (how many were acknowledged, the events to
-        retry). An event Kafka refuses as too large is dropped and counted, not retried;
-        any other failure retries the unacknowledged events with a fresh producer."""
-        sent: list[tuple[EventBase, Any]] = []
-        retry: list[EventBase] = []
-        rejected: set[int] = set()
+        retry). An event Kafka refuses as too large is set aside (:meth:`_reject`), one
+        that cannot be serialised is dropped and counted; any other failure retries the
+        unacknowledged events with a fresh producer."""
+        sent: list[tuple[EventBase, bytes, Any]] = []
+        settled: set[int] = set()  # rejected or dropped: never retried
         try:
             if self._producer is None:
                 self._producer = make_producer(self._kafka)
             for event in batch:
+                value = self._encode(event)
+                if value is None:
+                    settled.add(id(event))
+                    continue
                 try:
-                    sent.append((event, self._producer.send(
-                        self.topic, key=event_key(event), value=encode_event(event),
+                    sent.append((event, value, self._producer.send(
+                        self.topic, key=event_key(event), value=value,
                         headers=event_headers(event))))
                 except MessageSizeTooLargeError as exc:
-                    self._reject(event, exc)
-                    rejected.add(id(event))
+                    self._reject(event, value, exc)
+                    settled.add(id(event))
         except KafkaError as e:
             log.warning("completion log: Kafka unavailable (%s); %d events buffered",
                         e, self.buffered)
             self._drop_producer()
-            return 0, [ev for ev in batch if id(ev) not in rejected]
+            return 0, [ev for ev in batch if id(ev) not in settled]
         deadline = time.monotonic() + self._kafka.request_timeout_ms / 1000
-        published, error = 0, None
-        for event, future in sent:
+        published, error, retry = 0, None, []
+        for event, value, future in sent:
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
                 published += 1
             except MessageSizeTooLargeError as exc:  # the broker's limit is lower
-                self._reject(event, exc)
+                self._reject(event, value, exc)
             except KafkaError as exc:
                 retry.append(event)
                 error = exc
@@ -507,14 +574,131 @@ class CompletionLogPublisher:
             self._drop_producer()
         return published, retry
 
-    def _reject(self, event: EventBase, exc: Exception) -> None:
-        self._metrics.rejected.labels(self.topic, "too_large").inc()
-        log.warning("completion log: dropped %s (%s): %s", getattr(event, "request_id", ""),
-                    event.event_id, exc)
-
     def _drop_producer(self) -> None:
         _close_quietly(self._producer)
         self._producer = None
+
+    # -- replaying the spill ------------------------------------------------------------
+
+    def _until_replay(self) -> float | None:
+        """Seconds until the next replay; None without a spill."""
+        if self._spill is None:
+            return None
+        return self._next_replay - time.monotonic()
+
+    def _replay_due(self) -> bool:
+        if self._spill is None or self._closing or time.monotonic() < self._next_replay:
+            return False
+        if self._broker_down and self.buffered:  # the live retries are probing already
+            self._next_replay = time.monotonic() + self._replay_interval_s
+            return False
+        return True
+
+    def _replay(self) -> None:
+        """Send every spilled event; each segment keeps only what was not acknowledged."""
+        assert self._spill is not None
+        self._next_replay = time.monotonic() + self._replay_interval_s
+        try:
+            for segment in self._spill.segments():
+                if not self._replay_segment(segment):
+                    self._broker_down = True
+                    break
+        except Exception:  # noqa: BLE001 - the lines stay where they are; tried again later
+            log.exception("completion log: replaying the spill in %s failed",
+                          self._spill.directory)
+        self._metrics.in_spill.labels(self.topic).set(self._spill.pending)
+
+    def _replay_segment(self, segment: Segment) -> bool:
+        """Replay one spill segment in batches; False when the broker stopped acking."""
+        assert self._spill is not None
+        lines = self._spill.read(segment)
+        events: list[tuple[bytes, EventBase]] = []
+        for line in lines:
+            try:
+                events.append((line, decode_event(line)))
+            except InvalidEvent as exc:
+                self._metrics.dropped.labels(self.topic, "unreadable").inc()
+                log.error("completion log: LOST a spilled line of %s that no longer "
+                          "decodes (%s): %.200r", segment.path, exc.reason, line)
+        left: list[bytes] = []
+        replayed = 0
+        for start in range(0, len(events), self._batch_size):
+            chunk = events[start:start + self._batch_size]
+            published, retry = self._send([event for _, event in chunk])
+            replayed += published
+            if retry:
+                failed = {id(event) for event in retry}
+                left = [line for line, event in chunk if id(event) in failed]
+                left += [line for line, _ in events[start + self._batch_size:]]
+                break
+        self._metrics.published.labels(self.topic).inc(replayed)
+        self._metrics.replayed.labels(self.topic).inc(replayed)
+        if len(left) < len(lines):  # else nothing changed: no rewrite while Kafka is down
+            self._spill.settle(segment, left)
+        if replayed:
+            log.info("completion log: replayed %d spilled events from %s (%d left)",
+                     replayed, segment.path, len(left))
+        return not left
+
+    # -- what cannot be sent now, or ever -----------------------------------------------
+
+    def _encode(self, event: EventBase) -> bytes | None:
+        """The event's wire form. One that cannot be serialised is tried once more with
+        unstorable characters replaced (``core.events.storable``), else dropped."""
+        try:
+            return encode_event(event)
+        except ValueError:
+            pass
+        try:
+            value = encode_event(type(event).model_validate(storable(event.model_dump())))
+        except ValueError as exc:
+            self._drop([event], "unserialisable", exc)
+            return None
+        log.warning("completion log: %s had characters the store cannot hold; sent with "
+                    "U+FFFD instead", _describe(event))
+        return value
+
+    def _spill_events(self, events: Sequence[EventBase], reason: str) -> None:
+        """Append events to the spill file; count (and log) them, or what that loses."""
+        if self._spill is None:
+            self._drop(events, "no_spill")
+            return
+        encoded = [(event, value) for event in events
+                   if (value := self._encode(event)) is not None]
+        first = self._spill.pending == 0
+        try:
+            self._spill.append([value for _, value in encoded])
+        except OSError as exc:
+            self._drop([event for event, _ in encoded], "spill_failed", exc)
+            return
+        self._metrics.spilled.labels(self.topic, reason).inc(len(encoded))
+        self._metrics.in_spill.labels(self.topic).set(self._spill.pending)
+        for event, _ in encoded:
+            log.log(logging.WARNING if first or reason != "buffer_full" else logging.INFO,
+                    "completion log: spilled %s to %s (%s); it is replayed once Kafka "
+                    "answers", _describe(event), self._spill.directory, reason)
+
+    def _reject(self, event: EventBase, value: bytes, exc: Exception) -> None:
+        """Kafka will never accept ``event``: keep it in ``rejected/`` and count it."""
+        self._metrics.rejected.labels(self.topic, "too_large").inc()
+        kept = "not kept: no spill directory"
+        if self._rejected is not None:
+            try:
+                self._rejected.append([value])
+                kept = f"kept in {self._rejected.directory}"
+            except OSError as error:
+                kept = f"LOST: {error}"
+        log.warning("completion log: Kafka cannot accept %s (%s); %s", _describe(event), exc,
+                    kept)
+
+    def _drop(self, events: Sequence[EventBase], reason: str,
+              exc: BaseException | None = None) -> None:
+        self._metrics.dropped.labels(self.topic, reason).inc(len(events))
+        for event in events:
+            log.error("completion log: LOST %s (%s%s)", _describe(event), reason,
+                      f": {exc}" if exc is not None else "")
+
+    # -- closing ------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
         """Wait until the buffer is empty; True if it emptied within the timeout."""
@@ -528,16 +712,30 @@ class CompletionLogPublisher:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Try to deliver what is buffered within ``timeout``, then stop the thread."""
-        flushed = self.flush(timeout)
+        """Try to deliver what is buffered within ``timeout``, spill the rest, stop."""
+        self.flush(timeout)
         with self._cond:
             self._closing = True
-            if not flushed:
-                dropped = len(self._buffer)
-                self._buffer.clear()
-                self._metrics.dropped.labels(self.topic).inc(dropped)
-                log.warning("completion log closed with %d events undelivered", dropped)
+            left = list(self._buffer)
+            self._buffer.clear()
             self._cond.notify_all()
         self._thread.join(timeout=self._kafka.request_timeout_ms / 1000 * 2 + 1)
+        with self._cond:  # a failed batch put back, or still in flight if the thread hangs
+            left += list(self._buffer) + (self._inflight if self._thread.is_alive() else [])
+            self._buffer.clear()
+            self._update_gauge()
+        if left:
+            log.warning("completion log closing with %d events undelivered", len(left))
+            self._spill_events(left, "shutdown")
         _close_quietly(self._producer)
         self._producer = None
+        for spill in (self._spill, self._rejected):
+            if spill is not None:
+                spill.close()
+
+
+def _describe(event: EventBase) -> str:
+    """How the log names an event: its request id and event id."""
+    request_id = getattr(event, "request_id", None)
+    return f"{request_id} (event {event.event_id})" if request_id else \
+        f"event {event.event_id}"

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, Field
 
+from core.consumer import high_watermarks
 from core.events import InvalidEvent, decode_event
 from core.registry import PolicyEvent
 from core.settings import KafkaSettings
@@ -133,8 +134,9 @@ def read_replica_versions(kafka: KafkaSettings, timeout_s: float = 5.0,
     """Replay ``rlhf.policy`` from its start to its current end into a ReplicaTable.
 
     For ``rlhf deploy status`` run away from the controller: no consumer group, nothing
-    committed. Raises KafkaUnreachable at once when no bootstrap server accepts a
-    connection, and kafka's KafkaError when the broker fails later.
+    committed. The end is the high watermark from a fetch (``core.consumer``:
+    ListOffsets is wrong on Tansu). Raises KafkaUnreachable at once when no bootstrap
+    server accepts a connection, and kafka's KafkaError when the broker fails later.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -142,16 +144,16 @@ def read_replica_versions(kafka: KafkaSettings, timeout_s: float = 5.0,
     consumer = KafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False,
                              request_timeout_ms=kafka.request_timeout_ms + 1000,
                              bootstrap_timeout_ms=int(timeout_s * 1000),
-                             reconnect_backoff_max_ms=1000)
+                             reconnect_backoff_max_ms=1000, fetch_max_wait_ms=100)
     table = ReplicaTable()
     try:
         topic = kafka.topics.policy
         parts = [TopicPartition(topic, p)
                  for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
         deadline = time.monotonic() + timeout_s
+        end = high_watermarks(consumer, parts, timeout_s)
+        consumer.seek_to_beginning(*parts)
         while any(consumer.position(p) < end[p] for p in parts):
             if time.monotonic() > deadline:
                 break

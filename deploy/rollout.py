@@ -187,10 +187,20 @@ class FleetWatcher:
             await asyncio.to_thread(consumer.close)
 
     def _subscribe(self) -> Any:
-        """Assign every partition, from ``stale_after_s`` ago (the start if unsupported)."""
-        from core.consumer import assign_all_partitions
+        """Assign every partition, from ``stale_after_s`` ago (the start if unsupported).
+
+        Caught up means at each partition's high watermark as a fetch gives it
+        (``core.consumer.high_watermarks``: ListOffsets is wrong on Tansu); a partition
+        with nothing that recent stays there.
+        """
+        from core.consumer import assign_all_partitions, high_watermarks
 
         consumer, parts = assign_all_partitions(self.kafka, self.kafka.topics.policy)
+        try:
+            self._end = high_watermarks(consumer, parts)
+        except BaseException:
+            consumer.close()
+            raise
         since = datetime.now(UTC) - timedelta(seconds=2 * self.stale_after_s)
         try:
             offsets = consumer.offsets_for_times({p: int(since.timestamp() * 1000)
@@ -201,11 +211,8 @@ class FleetWatcher:
             found = offsets.get(p) if offsets is not None else None
             if found is not None:
                 consumer.seek(p, found.offset)
-            elif offsets is not None:
-                consumer.seek_to_end(p)  # nothing that recent in this partition
-            else:
+            elif offsets is None:
                 consumer.seek_to_beginning(p)
-        self._end = consumer.end_offsets(parts)
         return consumer
 
     def _at_end(self, consumer: Any) -> bool:

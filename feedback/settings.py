@@ -28,6 +28,11 @@ class IngestSettings(ProcessSettings):
         20, ge=0, description="Longest the broker holds a fetch waiting for "
         "fetch_min_bytes: the most latency the batching adds.")
     session_timeout_ms: int = Field(10000, ge=1000, description="Consumer group session timeout.")
+    group_instance_id: str | None = Field(
+        None, description="Static group membership (Kafka KIP-345): a restarted ingester "
+        "with the same id takes its partitions back at once instead of after the dead "
+        "member's session timeout. Unique per ingester (a StatefulSet pod name); `rlhf up` "
+        "sets one. None: dynamic membership.")
     max_poll_interval_ms: int = Field(
         60000, ge=1000, description="Longest gap between polls before the group rebalances.")
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics port.")

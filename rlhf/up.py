@@ -166,6 +166,10 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
                               "data_dir": str((s.broker.data_dir or home / "broker").resolve())})))
     made += [
         child("ingest", ["ingest"], {"RLHF_INGEST__METRICS_PORT": str(s.ingest_metrics_port),
+                                     # static membership: a restarted ingester
+                                     # takes its partitions back without waiting
+                                     # for the session timeout (recovery.py: 12 → 7 s)
+                                     "RLHF_INGEST__GROUP_INSTANCE_ID": "rlhf-up-ingest",
                                      "RLHF_INGEST__SESSION_TIMEOUT_MS": "6000",
                                      "RLHF_INGEST__MAX_POLL_INTERVAL_MS": "10000"}),
         child("serve", ["serve", "--host", "127.0.0.1", "--port", str(s.http_port),

@@ -61,8 +61,9 @@ class ServingMetrics:
             "policy version (admission to last token), by version.", ["version"],
             buckets=LATENCY_BUCKETS, registry=r)
         self.unlogged = Counter("rlhf:completions_unlogged", "Served completions the "
-                                "completion log could not record (reason=invalid: the "
-                                "event schema refused them).", ["reason"], registry=r)
+                                "completion log could not record (reason=invalid: a value "
+                                "over the event limits; characters the store cannot hold "
+                                "are replaced, not refused).", ["reason"], registry=r)
 
     def bind_engine(self, engine: Engine) -> None:
         """Read the engine's scheduler counts at scrape time, and serve its own metrics.

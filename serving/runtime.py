@@ -52,7 +52,8 @@ class Runtime:
 
         log_publisher = CompletionLogPublisher(
             settings.kafka, buffer_size=settings.event_buffer_size,
-            registry=self.metrics.registry)
+            registry=self.metrics.registry, spill_dir=settings.spill_dir(),
+            replay_interval_s=settings.event_replay_interval_s)
         return RememberingSink(log_publisher, self.recent), FeedbackPublisher(settings.kafka)
 
     def generation_handler(self) -> OpenAIHandler:

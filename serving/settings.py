@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, model_validator
 
 from core.settings import AuthSettings, KafkaSettings, ProcessSettings, RegistrySettings
@@ -136,9 +138,23 @@ class ServeSettings(ProcessSettings):
     publish_events: bool = Field(
         True, description="Publish completion events to Kafka (feedback needs a broker).")
     event_buffer_size: int = Field(
-        10000, ge=1, description="Completion events kept while the broker is unreachable.")
+        10000, ge=1, description="Completion events kept in memory while the broker is "
+        "unreachable; beyond them the oldest go to the spill directory.")
+    event_spill_dir: Path | None = Field(
+        None, description="Where completion events the broker could not take in time are "
+        "kept (JSON lines) until they are replayed; default: <RLHF_REGISTRY__ROOT>/spill, "
+        "the volume replicas share, so a replica that restarts or is replaced does not "
+        "lose what another left there.")
+    event_replay_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between attempts to replay the spill directory "
+        "(and to adopt what stopped replicas left in it); it is also replayed at start-up "
+        "and as soon as the broker answers again.")
     default_max_tokens: int = Field(
         16, ge=1, description="max_tokens when a request omits it (OpenAI's default is 16).")
+
+    def spill_dir(self) -> Path:
+        """``event_spill_dir``, or its default under the registry root."""
+        return self.event_spill_dir or self.registry.root / "spill"
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServeSettings:

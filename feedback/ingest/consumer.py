@@ -15,7 +15,9 @@ Every poll is one batch through the pipeline:
    replays the batch, and ``event_id`` deduplication makes the replay harmless.
 
 Between polls, feedback parked longer than ``pending_ttl_s`` (its completion never came)
-is dead-lettered too.
+is dead-lettered too, with the reason ``pending_ttl: completion '<request_id>' never
+reached the store …``; ``rlhf:ingest_pending`` and ``rlhf:ingest_pending_oldest_seconds``
+show what is parked before that happens.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.consumer import consumer_lag
 from core.events import Event, encode_event, event_key
 from feedback.ingest.dlq import DeadLetter, DeadLetterQueue
 from feedback.ingest.limit import DlqLimit, DlqLimiter, DlqLimitExceeded
@@ -60,6 +63,8 @@ def make_consumer(settings: IngestSettings) -> KafkaConsumer:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
         max_poll_interval_ms=settings.max_poll_interval_ms,
+        **({"group_instance_id": settings.group_instance_id}
+           if settings.group_instance_id else {}),
         fetch_min_bytes=settings.fetch_min_bytes,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
@@ -158,6 +163,7 @@ class Ingester:
                 return self._write(batch)
             except Exception as e:  # noqa: BLE001 - _write lets only transient ones out
                 self.metrics.db_retries.inc()
+                self._update_lag(batch.records)
                 log.error("store write failed (%s); retrying in %.1fs, offsets not committed",
                           describe(e), backoff)
                 if self._stopping.wait(backoff):
@@ -253,7 +259,20 @@ class Ingester:
         if n:
             self.metrics.expired.inc(n)
             self.metrics.dead_lettered.labels(self.dlq.topic).inc(n)
+        self._gauge_pending()
         return n
+
+    def _gauge_pending(self) -> None:
+        """rlhf:ingest_pending and the age of the oldest parked feedback (read after each
+        expiry check, so they lag by at most its interval)."""
+        try:
+            n, oldest = self.store.pending_summary()
+        except SQLAlchemyError as e:
+            log.warning("could not count parked feedback (%s)", describe(e))
+            return
+        self.metrics.pending.set(n)
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+        self.metrics.pending_oldest.set(max(0.0, age))
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -270,15 +289,15 @@ class Ingester:
         if n_bad:
             m.dead_lettered.labels(self.dlq.topic).inc(n_bad)
 
-    def _update_lag(self) -> None:
-        c = self._consumer
-        if c is None:
+    def _update_lag(self, waiting: Sequence[Record] = ()) -> None:
+        """rlhf:ingest_lag: per partition, records from the committed offset to the high
+        watermark of the consumer's own fetches (never ListOffsets, wrong on Tansu: see
+        core/consumer.py). ``waiting`` is a batch the store has not taken yet: its records
+        count, although the position has passed them."""
+        if self._consumer is None:
             return
-        for tp in c.assignment():
-            high = c.highwater(tp)
-            if high is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, high - c.position(tp)))
+        for tp, n in consumer_lag(self._consumer, waiting).items():
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(n)
 
     def _close(self) -> None:
         if self._consumer is not None:

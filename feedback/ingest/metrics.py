@@ -77,8 +77,10 @@ class IngestMetrics:
                                   "stored (replays).", registry=r)
         self.dead_lettered = Counter("rlhf:ingest_dead_lettered", "Records sent to the "
                                      "dead-letter topic.", ["topic"], registry=r)
-        self.lag = Gauge("rlhf:ingest_lag", "Records behind the partition's high-water mark.",
-                         ["topic", "partition"], registry=r)
+        self.lag = Gauge("rlhf:ingest_lag", "Records not yet in the store: from the committed "
+                         "offset to the partition's high-water mark (as the ingester's own "
+                         "fetches report it; updated after each batch and while a store "
+                         "write is retried).", ["topic", "partition"], registry=r)
         self.batch_seconds = Histogram("rlhf:ingest_batch_seconds", "Time to parse, persist "
                                        "and commit one batch.", registry=r)
         self.poisoned_batches = Counter(
@@ -86,6 +88,13 @@ class IngestMetrics:
             "and wrote one event at a time.", registry=r)
         self.expired = Counter("rlhf:ingest_expired", "Parked feedback dead-lettered "
                                "because its completion did not arrive in time.", registry=r)
+        self.pending = Gauge("rlhf:ingest_pending", "Feedback parked waiting for its "
+                             "completion; dead-lettered once older than the pending TTL.",
+                             registry=r)
+        self.pending_oldest = Gauge(
+            "rlhf:ingest_pending_oldest_seconds", "Age of the oldest parked feedback (0 when "
+            "none): an alert well below RLHF_INGEST__PENDING_TTL_S sees completions that "
+            "are not arriving before their feedback is dead-lettered.", registry=r)
         self.db_retries = Counter("rlhf:ingest_db_retries", "Store writes retried after a "
                                   "database error.", registry=r)
 

@@ -381,10 +381,7 @@ class FeedbackStore:
                                 .order_by(pending.c.id).limit(limit)).all()
             if not rows:
                 return 0
-            dead_letter([_parked_rejection(
-                p, f"pending_ttl: completion {p.request_id!r} did not arrive within "
-                   f"the pending TTL (parked since {p.received_at.isoformat()})")
-                for p in rows])
+            dead_letter([_parked_rejection(p, _never_stored(p)) for p in rows])
             conn.execute(delete(pending).where(pending.c.id.in_([p.id for p in rows])))
         return len(rows)
 
@@ -458,10 +455,29 @@ class FeedbackStore:
             out["pending"] = s.scalar(select(func.count()).select_from(PendingFeedbackTable)) or 0
             return out
 
+    def pending_summary(self) -> tuple[int, datetime | None]:
+        """How much feedback is parked waiting for its completion, and since when the
+        oldest (None when nothing is parked)."""
+        pending = table_of(PendingFeedbackTable)
+        with self._sessions() as s:
+            n, oldest = s.execute(select(func.count(), func.min(pending.c.received_at))).one()
+        if oldest is not None and oldest.tzinfo is None:  # SQLite drops the zone
+            oldest = oldest.replace(tzinfo=UTC)
+        return n or 0, oldest
+
     def get_completion(self, request_id: str) -> CompletionRecord | None:
         with self._sessions() as s:
             row = s.scalar(select(CompletionTable).where(CompletionTable.request_id == request_id))
             return _completion_event(row) if row else None
+
+
+def _never_stored(p: PendingRow) -> str:
+    """The dead-letter reason of feedback whose completion never came."""
+    return (f"pending_ttl: completion {p.request_id!r} never reached the store: no "
+            f"completion with this request_id was ingested within the pending TTL (parked "
+            f"since {p.received_at.isoformat()}). It was served with store: false, never "
+            f"served, or lost before Kafka; or it still waits in a serving replica's spill "
+            f"(RLHF_EVENT_SPILL_DIR)")
 
 
 def _parked_rejection(p: PendingRow, reason: str) -> Rejection:

@@ -13,6 +13,8 @@ handler adds what makes the platform different, for HTTP and gRPC alike:
   ``generate()`` of a request is observed (deltas accumulated, no JSON parsed), and a
   finished generation is handed to ``rlhf.completions`` without waiting for the broker,
   unless the request said ``store: false``. A stream is never buffered for this.
+  :class:`CompletionLog` builds the event, replacing characters the store cannot hold
+  (NUL, lone surrogates) with U+FFFD instead of losing the completion.
 - **Ids.** The completion id is generated here (``cmpl-<hex>`` / ``chatcmpl-<hex>``, the
   hex of the server's request id); a client's ``request_id`` or ``X-Request-Id`` is a
   correlation id only, so two clients can never collide in the feedback store.
@@ -29,7 +31,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,6 +48,7 @@ from core.errors import (
     ServiceUnavailable,
     UnprocessableEntity,
 )
+from core.events import CompletionRecord, storable
 from serving import protocol as p
 from serving.handlers.policy import Lease, PolicyState
 from serving.metrics import ServingMetrics
@@ -161,7 +164,7 @@ class _ObservedEngine:
         finally:
             await stream.aclose()  # an unfinished engine request is aborted here
         metrics.generation_tokens.inc(sum(gen.tokens.values()))
-        self._handler._log(call, gen)
+        self._handler.completion_log.log(call, gen)
 
 
 class OpenAIHandler:
@@ -179,7 +182,8 @@ class OpenAIHandler:
         from vllm.renderers.online_renderer import OnlineRenderer
 
         self.llm, self.model_name, self.policy, self.metrics = llm, model_name, policy, metrics
-        self.sink, self.default_max_tokens = sink, default_max_tokens
+        self.default_max_tokens = default_max_tokens
+        self.completion_log = CompletionLog(sink, metrics, model_name, self._decode)
         self.max_waiting, self.limits = max_waiting, limits or LimitSettings()
         self._waiting = waiting or (lambda: 0)
         client: Any = _ObservedEngine(llm, self)  # duck-typed EngineClient
@@ -337,48 +341,66 @@ class OpenAIHandler:
         self._check_chars(sum(_content_chars(m) for m in req.messages), "messages",
                           "characters in all")
 
-    # -- the completion log -------------------------------------------------------------
-    def _log(self, call: _Call, gen: _Generation) -> None:
-        """Hand one finished generation to the completion log; never blocks or raises.
+    def _decode(self, ids: list[int]) -> str:
+        tokenizer = self.llm.renderer.tokenizer
+        return tokenizer.decode(ids) if tokenizer is not None else ""
+
+
+class CompletionLog:
+    """Turns each finished generation into a ``completion`` event for the completion log.
+
+    This is where a completion event is built from engine output, for HTTP and gRPC
+    alike. Text the event schema cannot carry (NUL, lone surrogates: see
+    ``core.events.storable``) is replaced by U+FFFD here, never a reason to lose a
+    completion the client already has.
+    """
+
+    def __init__(self, sink: Any, metrics: ServingMetrics, model_name: str,
+                 decode: Callable[[list[int]], str]):
+        self.sink, self.metrics, self.model_name, self._decode = sink, metrics, model_name, decode
+
+    def log(self, call: _Call, gen: _Generation) -> None:
+        """Hand one finished generation to the sink; never blocks or raises.
 
         One record per prompt: the completion id for a single prompt, ``<id>-<i>`` for
-        prompt ``i`` of a batch. ``store: false`` requests are not logged; a record the
-        event schema refuses (a NUL character, a field over the event limits) is dropped
-        and counted, since the client already has its answer.
+        prompt ``i`` of a batch. ``store: false`` requests and calls that ended early are
+        not logged. A record the schema still refuses after sanitising (a value over the
+        event limits, e.g. a ``user`` longer than 256 characters) is counted
+        (``rlhf:completions_unlogged_total{reason="invalid"}``) and logged with its id.
         """
         req = call.request
         if self.sink is None or call.closed or not getattr(req, "store", True) \
                 or not gen.texts:
             return
-        from core.events import CompletionChoice, CompletionRecord
-
-        many = len(call.generations) > 1
         try:
-            record = CompletionRecord(
-                request_id=f"{call.completion_id}-{gen.index}" if many else call.completion_id,
-                policy_version=call.version, model=self.model_name, endpoint=call.endpoint,
-                prompt=gen.prompt if gen.prompt is not None else self._decode(gen.prompt_ids),
-                messages=req.model_dump(mode="json", include={"messages"})["messages"]
-                if call.endpoint == "chat.completions" else None,
-                choices=[CompletionChoice(index=i, text=gen.texts[i],
-                                          finish_reason=gen.finish.get(i),
-                                          completion_tokens=gen.tokens.get(i, 0))
-                         for i in sorted(gen.texts)],
-                sampling_params=req.model_dump(mode="json", exclude_unset=True,
-                                               exclude=_NOT_SAMPLING),
-                prompt_tokens=len(gen.prompt_ids),
-                completion_tokens=sum(gen.tokens.values()),
-                user=call.ctx.user or req.user, purpose=call.ctx.purpose,
-                client_request_id=call.ctx.client_request_id)
+            record = self.record(call, gen)
         except ValidationError as exc:
             self.metrics.unlogged.labels(reason="invalid").inc()
             log.warning("completion %s not logged: %s", call.completion_id, exc.errors()[:1])
             return
         self.sink.publish_nowait(record)
 
-    def _decode(self, ids: list[int]) -> str:
-        tokenizer = self.llm.renderer.tokenizer
-        return tokenizer.decode(ids) if tokenizer is not None else ""
+    def record(self, call: _Call, gen: _Generation) -> CompletionRecord:
+        """The completion event of one generation, with unstorable characters replaced."""
+        req = call.request
+        many = len(call.generations) > 1
+        fields = {
+            "request_id": f"{call.completion_id}-{gen.index}" if many else call.completion_id,
+            "policy_version": call.version, "model": self.model_name,
+            "endpoint": call.endpoint,
+            "prompt": gen.prompt if gen.prompt is not None else self._decode(gen.prompt_ids),
+            "messages": req.model_dump(mode="json", include={"messages"})["messages"]
+            if call.endpoint == "chat.completions" else None,
+            "choices": [{"index": i, "text": gen.texts[i], "finish_reason": gen.finish.get(i),
+                         "completion_tokens": gen.tokens.get(i, 0)} for i in sorted(gen.texts)],
+            "sampling_params": req.model_dump(mode="json", exclude_unset=True,
+                                              exclude=_NOT_SAMPLING),
+            "prompt_tokens": len(gen.prompt_ids),
+            "completion_tokens": sum(gen.tokens.values()),
+            "user": call.ctx.user or req.user, "purpose": call.ctx.purpose,
+            "client_request_id": call.ctx.client_request_id,
+        }
+        return CompletionRecord.model_validate(storable(fields))
 
 
 _NOT_SAMPLING = {"prompt", "messages", "stream", "stream_options", "user", "model", "store",

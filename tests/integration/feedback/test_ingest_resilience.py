@@ -192,13 +192,20 @@ def test_parked_feedback_expires_into_the_dlq_with_its_origin(kafka_broker, stor
     produce_raw(kafka, kafka.topics.feedback, [(b"never", encode_event(orphan))])
     [original] = read_topic(kafka, kafka.topics.feedback, expected=1)
 
-    running = Running(kafka, store_url, "ttl", pending_ttl_s=1.0)
+    running = Running(kafka, store_url, "ttl", pending_ttl_s=3.0)
     try:
+        # parked, and visible as parked before the TTL gives up on it (checked every 0.75 s)
+        wait_for(lambda: running.registry.get_sample_value("rlhf:ingest_pending") == 1, 20,
+                 what="the parked feedback counted")
+        assert running.registry.get_sample_value("rlhf:ingest_pending_oldest_seconds") < 3
         [dead] = read_topic(kafka, kafka.topics.dlq, expected=1, timeout=30)
+        wait_for(lambda: running.registry.get_sample_value("rlhf:ingest_pending") == 0, 20,
+                 what="the parked count back to 0")
     finally:
         running.stop()
     headers = dict(dead.headers)
-    assert headers["error"].decode().startswith("pending_ttl: completion 'never'")
+    assert headers["error"].decode().startswith(
+        "pending_ttl: completion 'never' never reached the store")
     assert headers["source_topic"] == kafka.topics.feedback.encode()
     assert (int(headers["source_partition"]), int(headers["source_offset"])) == (
         original.partition, original.offset)

@@ -240,6 +240,27 @@ def test_the_eval_header_logs_purpose_eval(stack):
 
 # -- the completion log of what vLLM's serving layer answers ---------------------------------
 
+def test_a_completion_with_characters_the_store_cannot_hold_is_logged_sanitised(stack):
+    """A NUL in what was served (here the prompt and the chat message; the tiny model
+    generates NUL itself now and then) is replaced by U+FFFD in the logged completion,
+    which the ingester stores, instead of the completion being dropped."""
+    broker, server, store = stack
+    tag = uuid.uuid4().hex[:6]
+    r = _complete(server, prompt=f"nul\x00here {tag}", max_tokens=3)
+    assert r.status_code == 200, r.text
+    chat = _post(server, "/v1/chat/completions", json={
+        "model": "tiny", "max_tokens": 2,
+        "messages": [{"role": "user", "content": f"nul\x00chat {tag}"}]})
+    assert chat.status_code == 200, chat.text
+
+    record = wait_for(lambda: _logged(broker, r.json()["id"]), 20, what="the completion")
+    assert record.prompt == f"nul\ufffdhere {tag}"
+    chat_record = wait_for(lambda: _logged(broker, chat.json()["id"]), 20, what="the chat")
+    assert chat_record.messages[0]["content"] == f"nul\ufffdchat {tag}"
+    stored = wait_for(lambda: store.get_completion(r.json()["id"]), 30, what="the stored one")
+    assert stored.prompt == record.prompt
+
+
 def test_a_batch_of_prompts_is_logged_one_record_per_prompt(stack):
     broker, server, _ = stack
     prompts = [f"A sunny day {uuid.uuid4().hex[:6]}", f"A long night {uuid.uuid4().hex[:6]}"]

@@ -287,3 +287,16 @@ def test_deeply_nested_json_is_invalid_not_a_recursion_error():
 
 def test_odd_schema_versions_are_invalid_not_a_type_error():
     assert "schema_version" in _fields(b'{"type": "rating", "schema_version": []}')
+
+
+def test_storable_replaces_nul_and_lone_surrogates_everywhere_and_keeps_the_rest():
+    from core.events import storable
+
+    # 4 characters in, 4 out: each unstorable one becomes one U+FFFD; a valid astral
+    # character (U+1F600, one code point) and non-strings are kept.
+    assert storable("a\x00\ud800\U0001f600") == "a\ufffd\ufffd\U0001f600"
+    value = {"k\x00": ["x\udfff", {"n": 1.5, "ok": True, "none": None}], "t": ("\x00",)}
+    assert storable(value) == {"k\ufffd": ["x\ufffd", {"n": 1.5, "ok": True, "none": None}],
+                               "t": ["\ufffd"]}
+    clean = completion()
+    assert CompletionRecord.model_validate(storable(clean.model_dump())) == clean

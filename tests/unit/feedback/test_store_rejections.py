@@ -64,11 +64,23 @@ def test_parked_feedback_expires_into_rejections_with_its_origin(feedback_store)
     assert feedback_store.expire_pending(future, delivered.extend) == 1
     [rej] = delivered
     assert (rej.event_id, rej.partition, rej.offset) == (old.event_id, 2, 99)
-    assert rej.reason.startswith("pending_ttl: completion 'gone' did not arrive")
+    assert rej.reason.startswith("pending_ttl: completion 'gone' never reached the store")
     assert feedback_store.counts()["pending"] == 0
     # a completion arriving afterwards finds nothing to join; a replay stays deduplicated
     assert feedback_store.persist([completion("gone", n=2), old]).duplicates == 1
     assert feedback_store.preference_groups() == []
+
+
+def test_the_pending_summary_counts_parked_feedback_and_dates_the_oldest(feedback_store):
+    assert feedback_store.pending_summary() == (0, None)
+    before = datetime.now(UTC)
+    feedback_store.persist([Rating(request_id="gone", choice=0, score=1)])
+    feedback_store.persist([Rating(request_id="later", choice=0, score=2)])
+    n, oldest = feedback_store.pending_summary()
+    assert n == 2 and oldest is not None
+    assert before - timedelta(seconds=1) <= oldest <= datetime.now(UTC)
+    feedback_store.persist([completion("gone", n=1), completion("later", n=1)])
+    assert feedback_store.pending_summary() == (0, None)  # both resolved
 
 
 def test_expiry_keeps_the_rows_when_delivery_fails(feedback_store):

@@ -14,17 +14,17 @@ from rlhf.up import UpSettings, banner, children, gate_env
 from training.settings import TrainSettings
 
 
-def test_backoff_doubles_from_two_seconds_and_caps_at_thirty():
-    assert [backoff_s(n) for n in range(1, 8)] == [2, 4, 8, 16, 30, 30, 30]
-    assert backoff_s(0) == 2  # never zero: a crash loop must not spin
+def test_backoff_doubles_from_half_a_second_and_caps_at_thirty():
+    assert [backoff_s(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert backoff_s(0) == 0.5  # never zero: a crash loop must not spin
 
 
 def test_a_crashed_long_running_child_is_restarted_later_and_later(tmp_path):
     kid = Child("serve", ["true"], {}, tmp_path / "serve.log")
     assert kid.exited(-9, now=100.0) == f"serve exited with -9; restarting (see {kid.log})"
-    assert (kid.restarts, kid.next_start) == (1, 102.0)
+    assert (kid.restarts, kid.next_start) == (1, 100.5)
     kid.exited(1, now=200.0)
-    assert (kid.restarts, kid.next_start, kid.history) == (2, 204.0, [-9, 1])
+    assert (kid.restarts, kid.next_start, kid.history) == (2, 201.0, [-9, 1])
 
 
 def test_a_periodic_child_runs_again_after_its_period_and_only_failures_are_told(tmp_path):
