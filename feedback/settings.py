@@ -31,8 +31,9 @@ class IngestSettings(ProcessSettings):
     group_instance_id: str | None = Field(
         None, description="Static group membership (Kafka KIP-345): a restarted ingester "
         "with the same id takes its partitions back at once instead of after the dead "
-        "member's session timeout. Unique per ingester (a StatefulSet pod name); `rlhf up` "
-        "sets one. None: dynamic membership.")
+        "member's session timeout. Unique per ingester (a StatefulSet pod name). Not for "
+        "the bundled Tansu 0.6 broker: a restarted static member stalled there without "
+        "consuming (benchmarks/soak.py). None: dynamic membership.")
     max_poll_interval_ms: int = Field(
         60000, ge=1000, description="Longest gap between polls before the group rebalances.")
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics port.")

@@ -166,11 +166,11 @@ def children(s: UpSettings, common: dict[str, str]) -> list[Child]:
                               "data_dir": str((s.broker.data_dir or home / "broker").resolve())})))
     made += [
         child("ingest", ["ingest"], {"RLHF_INGEST__METRICS_PORT": str(s.ingest_metrics_port),
-                                     # static membership: a restarted ingester
-                                     # takes its partitions back without waiting
-                                     # for the session timeout (recovery.py: 12 → 7 s)
-                                     "RLHF_INGEST__GROUP_INSTANCE_ID": "rlhf-up-ingest",
-                                     "RLHF_INGEST__SESSION_TIMEOUT_MS": "6000",
+                                     # a restarted ingester waits for the dead
+                                     # member's session to expire: 3 s (recovery.py:
+                                     # SIGKILL → next event stored 12.2 s at 6 s, 8.1 s
+                                     # at 3 s; static membership stalls on Tansu 0.6)
+                                     "RLHF_INGEST__SESSION_TIMEOUT_MS": "3000",
                                      "RLHF_INGEST__MAX_POLL_INTERVAL_MS": "10000"}),
         child("serve", ["serve", "--host", "127.0.0.1", "--port", str(s.http_port),
                         "--grpc-port", str(s.grpc_port), "--served-model-name", "policy"],
