@@ -94,7 +94,9 @@ def fleet(tiny_model, tmp_path_factory):
 def controller_for(fleet: Fleet, policy: dict | None = None, **rollout) -> DeployController:
     settings = DeploySettings(group_id=f"fleet-{uuid.uuid4().hex[:6]}", poll_timeout_ms=200,
                               session_timeout_ms=3000, max_poll_interval_ms=3000,
-                              rollout=RolloutSettings(stale_after_s=5, swap_timeout_s=120,
+                              # heartbeats every 1 s; under a full suite on 2 cores one
+                              # replica went unheard for > 5 s and was left out of a rollout
+                              rollout=RolloutSettings(stale_after_s=15, swap_timeout_s=120,
                                                       **rollout))
     settings.registry.root = fleet.registry.root
     settings.database.url = fleet.db_url
