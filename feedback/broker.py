@@ -31,7 +31,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from core.settings import KafkaSettings
-from feedback.object_store import LocalObjectStore, free_port, s3_env
+from feedback.object_store import LocalObjectStore, free_port, s3_env, terminate
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +246,7 @@ class EmbeddedBroker:
         local object store."""
         proc, self._proc = self._proc, None
         try:
-            if proc is None or proc.poll() is not None:
-                return
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout_s)
+            terminate(proc, timeout_s)
         finally:
             store, self._store = self._store, None
             if store is not None:

@@ -114,14 +114,7 @@ class LocalObjectStore:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout_s)
+        terminate(proc, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL (tests: a crash, not a shutdown)."""
@@ -133,6 +126,18 @@ class LocalObjectStore:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+
+def terminate(proc: subprocess.Popen | None, timeout_s: float) -> None:
+    """SIGTERM a child, SIGKILL it if it has not exited within ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
 
 
 def s3_env(endpoint: str, access_key: str | None = None, secret_key: str | None = None,
