@@ -63,11 +63,11 @@ def _run(recipe: str, config: Path | None, database_url: str | None, registry: P
         cfg: Any = load_config(cls, path, f"{recipe}.yaml", overrides)
     except (ValidationError, FileNotFoundError) as e:
         from core.cli_settings import fail
+        from training.preflight import validation_problems
 
         shown = path or f"the packaged {recipe}.yaml"
-        fail(f"rlhf train {recipe}", [str(e)] if isinstance(e, FileNotFoundError) else [
-            f"{shown}: " + ".".join(map(str, err["loc"])) + (": " if err["loc"] else "")
-            + err["msg"].removeprefix("Value error, ") for err in e.errors(include_url=False)])
+        fail(f"rlhf train {recipe}", [str(e)] if isinstance(e, FileNotFoundError)
+             else validation_problems(shown, e))
     from training.preflight import config_problems
 
     problems = config_problems(cfg)

@@ -45,11 +45,16 @@ def check_recipe_configs(config_dir: Path | None) -> list[str]:
         except yaml.YAMLError as e:
             problems.append(f"{path}: not valid YAML: {e}")
         except ValidationError as e:
-            problems += [f"{path}: {_where(err['loc'])}{err['msg'].removeprefix('Value error, ')}"
-                         for err in e.errors(include_url=False)]
+            problems += validation_problems(path, e)
         else:
             problems += [f"{path}: {line}" for line in config_problems(cfg)]
     return problems
+
+
+def validation_problems(shown: object, error: ValidationError) -> list[str]:
+    """``<file>: <field>: <message>`` for each problem pydantic found in a config."""
+    return [f"{shown}: {_where(err['loc'])}{err['msg'].removeprefix('Value error, ')}"
+            for err in error.errors(include_url=False)]
 
 
 def _where(loc: tuple) -> str:
