@@ -54,22 +54,28 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.registry import Manifest, Registry, RegistryError
 from deploy.errors import GateError
+from deploy.sequential import Design, decide
 from deploy.settings import GateSettings
 from training.datasets import is_gate_prompt, normalise_prompt
 from training.lineage import reference_of
+
+if TYPE_CHECKING:
+    from deploy.measure import Measurements
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +111,18 @@ class GateResult(BaseModel):
     passed: bool = Field(description="Whether the value is on the right side of threshold.")
     reason: str = Field(description="The comparison in words, numbers included.")
     detail: dict[str, float] = Field(default_factory=dict, description="Inputs of the value.")
-    lower: float | None = Field(None, description="Lower bound of the bootstrap interval.")
-    upper: float | None = Field(None, description="Upper bound of the bootstrap interval.")
+    lower: float | None = Field(None, description="Lower bound of the interval.")
+    upper: float | None = Field(None, description="Upper bound of the interval.")
     confidence: float | None = Field(None, description="Coverage of [lower, upper].")
+    n: int | None = Field(None, description="Prompts (paired units) the test used.")
+    look: int | None = Field(None, description="The sequential look it stopped at.")
+    looks: int | None = Field(None, description="Looks planned (the cap).")
+    min_detectable_effect: float | None = Field(
+        None, description="Smallest true effect above the threshold this n detects with "
+                          "the planned power.")
+    decision: str | None = Field(
+        None, description="Sequential verdict: pass, fail, or continue (undecided when "
+                          "another gate stopped the evaluation).")
 
 
 class GateReport(BaseModel):
@@ -116,6 +131,9 @@ class GateReport(BaseModel):
     version: str = Field(description="The candidate policy version.")
     status: Literal["passed", "failed"] = Field(description="passed = every gate passed.")
     failed: list[str] = Field(description="Names of the gates that failed.")
+    undecided: list[str] = Field(
+        default_factory=list, description="Sequential gates not decided when another gate's "
+                                          "failure stopped the evaluation.")
     reasons: list[str] = Field(description="Why each failed gate failed.")
     gates: dict[str, GateResult] = Field(description="Each gate's result, by name.")
     against: str = Field(description="The live policy the candidate was compared with.")
@@ -170,26 +188,45 @@ def pair_outcome(c: float, l_: float) -> float:
 
 # -- the gates: pure functions of the measurements ----------------------------------------
 
+def design_of(settings: GateSettings, prompts: int) -> Design:
+    """The sequential plan of ``settings``: ``sequential_looks`` rounds (at most one per
+    prompt), one-sided α = (1 − confidence) / 2 spent across them."""
+    return Design(looks=max(1, min(settings.sequential_looks, prompts)),
+                  alpha=(1 - settings.confidence) / 2, power=settings.power)
+
+
+FIXED = Design(looks=1)
+"""One look at a fixed number of prompts (α 0.05 one-sided): the unit tests' default."""
+
+
+def _sequential(values: Sequence[float], threshold: float, design: Design, look: int,
+                value: float, detail: dict[str, float], what: str, fmt: str
+                ) -> GateResult:
+    """A GateResult from the sequential test of the per-prompt ``values`` at ``look``."""
+    t = decide(values, threshold, design, look)
+    cover = 1 - 2 * t.level
+    verdict = {"pass": "lower bound ≥", "fail": "cannot reach", "continue": "undecided vs"}
+    reason = (f"{what}, {cover:.1%} interval [{t.lower:{fmt}}, {t.upper:{fmt}}] over {t.n} "
+              f"prompts (look {t.look}/{t.looks}), {verdict[t.decision]} {threshold}; "
+              f"detectable at this n: +{t.mde:{fmt}}")
+    return GateResult(
+        value=value, threshold=threshold, passed=t.decision == "pass", lower=t.lower,
+        upper=t.upper, confidence=cover, reason=reason, detail=detail, n=t.n, look=t.look,
+        looks=t.looks, min_detectable_effect=t.mde, decision=t.decision)
+
+
 def reward_improvement_gate(cand: Sequence[float], live: Sequence[float], threshold: float,
-                            samples_per_prompt: int = 1, boot: Bootstrap | None = None,
+                            samples_per_prompt: int = 1, design: Design = FIXED, look: int = 1,
                             label: str = "mean reward") -> GateResult:
-    """Lower bootstrap bound of mean_x[mean r(cand) − mean r(live)] ≥ threshold.
+    """Sequential test of mean_x[mean r(cand) − mean r(live)] ≥ threshold over prompts.
 
     ``cand``/``live``: rewards of the same prompts' paired samples, prompt-major, in order.
     """
-    boot = boot or Bootstrap()
     gains = per_prompt([c - l_ for c, l_ in zip(cand, live, strict=True)], samples_per_prompt)
     c, l_ = fmean(cand), fmean(live)
-    value = c - l_
-    lower, upper = bootstrap_interval(gains, boot)
-    passed = lower >= threshold
-    return GateResult(
-        value=value, threshold=threshold, passed=passed, lower=lower, upper=upper,
-        confidence=boot.confidence,
-        reason=f"{label} {c:.4f} vs live {l_:.4f}: improvement {value:+.4f}, "
-               f"{boot.confidence:.0%} interval [{lower:+.4f}, {upper:+.4f}], lower bound "
-               f"{'≥' if passed else '<'} {threshold}",
-        detail={"candidate_mean": c, "live_mean": l_})
+    return _sequential(gains, threshold, design, look, c - l_,
+                       {"candidate_mean": c, "live_mean": l_},
+                       f"{label} {c:.4f} vs live {l_:.4f}: improvement {c - l_:+.4f}", "+.4f")
 
 
 def kl_gate(cand_logprobs: Sequence[float], ref_logprobs: Sequence[float],
@@ -221,31 +258,104 @@ def length_drift_gate(cand_lengths: Sequence[int], live_lengths: Sequence[int],
         detail={"candidate_mean_tokens": c, "live_mean_tokens": l_})
 
 
+def length_controlled(outcomes: Sequence[float], cand_lengths: Sequence[int],
+                      live_lengths: Sequence[int]) -> tuple[list[float], float, float]:
+    """Win outcomes with the length effect regressed out (AlpacaEval-LC style).
+
+    Fits P(win) = σ(a + b·d) by (fractional) logistic regression, d = the standardised
+    length difference candidate − live, and returns (adjusted outcomes, σ(a), b): each
+    outcome minus its length-explained part σ(a + b·d) − σ(a). Their mean is σ(a), the win
+    rate a candidate as long as live would have; no spread in length: no adjustment.
+    """
+    import numpy as np
+
+    o = np.asarray(outcomes, dtype=float)
+    d = np.asarray(cand_lengths, dtype=float) - np.asarray(live_lengths, dtype=float)
+    if len(o) < 3 or float(d.std()) == 0.0:
+        return list(outcomes), float(o.mean()), 0.0
+    x = np.stack([np.ones_like(d), (d - 0.0) / d.std()], axis=1)
+    w = np.zeros(2)
+    ridge = 1e-3  # keeps a separable sample (all wins longer) finite
+    for _ in range(50):  # Newton–Raphson on the fractional log-likelihood
+        p = 1 / (1 + np.exp(-(x @ w)))
+        grad = x.T @ (o - p) - ridge * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w += step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    base = float(1 / (1 + np.exp(-w[0])))
+    adjusted = o - (1 / (1 + np.exp(-(x @ w))) - base)
+    return adjusted.tolist(), base, float(w[1])
+
+
 def win_rate_gate(cand: Sequence[float], live: Sequence[float], threshold: float,
-                  samples_per_prompt: int = 1, boot: Bootstrap | None = None) -> GateResult:
-    """Lower bootstrap bound of the share of paired samples where the reward model
-    prefers the candidate (ties half) ≥ threshold; the interval is over prompts."""
-    boot = boot or Bootstrap()
+                  samples_per_prompt: int = 1, design: Design = FIXED, look: int = 1,
+                  cand_lengths: Sequence[int] | None = None,
+                  live_lengths: Sequence[int] | None = None) -> GateResult:
+    """Sequential test of the share of paired samples where the reward model prefers the
+    candidate (ties half) ≥ threshold, over prompts. With the answers' lengths it tests
+    the length-controlled win rate (:func:`length_controlled`); the raw one is the value."""
     outcomes = [pair_outcome(c, l_) for c, l_ in zip(cand, live, strict=True)]
     wins, ties = outcomes.count(1.0), outcomes.count(0.5)
     n = len(outcomes)
     value = (wins + 0.5 * ties) / n
-    lower, upper = bootstrap_interval(per_prompt(outcomes, samples_per_prompt), boot)
-    passed = lower >= threshold
+    detail: dict[str, float] = {"wins": wins, "ties": ties, "losses": n - wins - ties}
+    tested, what = outcomes, f"win rate {value:.1%} ({wins} wins, {ties} ties, " \
+                             f"{n - wins - ties} losses of {n})"
+    if cand_lengths is not None and live_lengths is not None:
+        tested, lc, slope = length_controlled(outcomes, cand_lengths, live_lengths)
+        detail |= {"length_controlled": lc, "length_slope": slope}
+        what += f", length-controlled {lc:.1%}"
+    return _sequential(per_prompt(tested, samples_per_prompt), threshold, design, look, value,
+                       detail, what, ".1%")
+
+
+_WORD = re.compile(r"\w+")
+
+
+def diversity(texts: Sequence[str]) -> tuple[float, float]:
+    """(distinct-2, repetition) of a set of answers: unique word bigrams over all bigrams,
+    and the share of answers in which some word 3-gram occurs more than once."""
+    bigrams: list[tuple[str, ...]] = []
+    repeating = 0
+    for text in texts:
+        words = _WORD.findall(text.lower())
+        bigrams += zip(words, words[1:], strict=False)
+        trigrams = list(zip(words, words[1:], words[2:], strict=False))
+        repeating += len(set(trigrams)) < len(trigrams)
+    distinct = len(set(bigrams)) / len(bigrams) if bigrams else 1.0
+    return distinct, repeating / max(len(texts), 1)
+
+
+def diversity_gate(cand_texts: Sequence[str], ref_texts: Sequence[str], max_drop: float,
+                   max_repetition_increase: float) -> GateResult:
+    """Distinct-2 of the candidate's answers not below the reference's (the SFT) by more
+    than ``max_drop`` (relative), and its share of self-repeating answers not above the
+    reference's by more than ``max_repetition_increase`` (absolute)."""
+    c_d, c_r = diversity(cand_texts)
+    r_d, r_r = diversity(ref_texts)
+    drop = 1 - c_d / r_d if r_d > 0 else 0.0
+    rise = c_r - r_r
+    passed = drop <= max_drop and rise <= max_repetition_increase
     return GateResult(
-        value=value, threshold=threshold, passed=passed, lower=lower, upper=upper,
-        confidence=boot.confidence,
-        reason=f"win rate {value:.1%} ({wins} wins, {ties} ties, {n - wins - ties} losses "
-               f"of {n}), {boot.confidence:.0%} interval [{lower:.1%}, {upper:.1%}], lower "
-               f"bound {'≥' if passed else '<'} {threshold:.1%}",
-        detail={"wins": wins, "ties": ties, "losses": n - wins - ties})
+        value=drop, threshold=max_drop, passed=passed,
+        reason=f"distinct-2 {c_d:.3f} vs reference {r_d:.3f} (drop {drop:+.1%}, budget "
+               f"{max_drop:.0%}); repeating answers {c_r:.0%} vs {r_r:.0%} (rise {rise:+.0%}, "
+               f"budget {max_repetition_increase:.0%})",
+        detail={"candidate_distinct2": c_d, "reference_distinct2": r_d,
+                "candidate_repetition": c_r, "reference_repetition": r_r})
 
 
 def make_report(version: str, gates: dict[str, GateResult], **context: Any) -> GateReport:
-    """The report of a set of gate results: failed iff any gate failed."""
-    failed = [name for name, g in gates.items() if not g.passed]
-    return GateReport(version=version, status="failed" if failed else "passed",
-                      failed=failed, reasons=[f"{n}: {gates[n].reason}" for n in failed],
+    """The report of a set of gate results: passed iff every gate passed. ``failed`` names
+    the gates that failed; a sequential gate left undecided because another one stopped
+    the evaluation is listed under ``undecided`` instead."""
+    undecided = [n for n, g in gates.items() if not g.passed and g.decision == "continue"]
+    failed = [n for n, g in gates.items() if not g.passed and n not in undecided]
+    return GateReport(version=version, status="failed" if failed or undecided else "passed",
+                      failed=failed, undecided=undecided,
+                      reasons=[f"{n}: {gates[n].reason}" for n in failed],
                       gates=gates, **context)
 
 
@@ -363,18 +473,62 @@ def baseline_for(registry: Registry, manifest: Manifest) -> str:
 
 # -- one evaluation ------------------------------------------------------------------------
 
-def judge_gates(cand: Sequence[float], live: Sequence[float], settings: GateSettings,
-                k: int, boot: Bootstrap, prefix: str = "") -> dict[str, GateResult]:
-    """reward_improvement and win_rate of one reward model, names prefixed."""
+def judge_gates(m: Measurements, version: str, settings: GateSettings, k: int,
+                design: Design, look: int, prefix: str = "") -> dict[str, GateResult]:
+    """reward_improvement and win_rate (length-controlled) of one reward model's scores."""
     label = "judge mean reward" if prefix else "mean reward"
+    cand, live = m.rewards[version]
     return {f"{prefix}reward_improvement": reward_improvement_gate(
-                cand, live, settings.min_reward_improvement, k, boot, label),
-            f"{prefix}win_rate": win_rate_gate(cand, live, settings.min_win_rate, k, boot)}
+                cand, live, settings.min_reward_improvement, k, design, look, label),
+            f"{prefix}win_rate": win_rate_gate(
+                cand, live, settings.min_win_rate, k, design, look,
+                m.cand_lengths if settings.length_controlled else None,
+                m.live_lengths if settings.length_controlled else None)}
+
+
+def sequential_gates(m: Measurements, look: int, *, settings: GateSettings, k: int,
+                     design: Design, reward: str, judge: str | None
+                     ) -> dict[str, GateResult]:
+    """The sequential gates at ``look``: the optimised RM's, and the judge's if any."""
+    gates = judge_gates(m, reward, settings, k, design, look)
+    if judge:
+        gates.update(judge_gates(m, judge, settings, k, design, look, prefix="judge_"))
+    return gates
+
+
+def in_rounds(prompts: list[str], looks: int) -> list[list[str]]:
+    """``prompts`` cut into ``looks`` consecutive rounds of (nearly) equal size."""
+    n = len(prompts)
+    return [prompts[j * n // looks:(j + 1) * n // looks] for j in range(looks)]
+
+
+def run_looks(rounds: Sequence[list[str]], measure_round: Callable[[list[str]], Measurements],
+              decide_look: Callable[[Measurements, int], dict[str, GateResult]]
+              ) -> tuple[Measurements, dict[str, GateResult]]:
+    """Measure round after round, deciding the sequential gates after each, until every one
+    passed, one failed (the candidate cannot be promoted: stop spending time), or the cap.
+    Returns the measurements so far and the last look's gates."""
+    acc: Measurements | None = None
+    gates: dict[str, GateResult] = {}
+    for look, chunk in enumerate(rounds, start=1):
+        m = measure_round(chunk)
+        acc = m if acc is None else acc + m
+        gates = decide_look(acc, look)
+        decisions = {g.decision for g in gates.values()}
+        if "fail" in decisions or decisions <= {"pass"}:
+            break
+    if acc is None:
+        raise GateError("no held-out prompts to evaluate on")
+    return acc, gates
 
 
 def evaluate(registry: Registry, version: str, settings: GateSettings,
              store=None) -> GateReport:
     """Run every gate for candidate ``version``; does not record anything.
+
+    Reward gain and win rate are sequential (:mod:`deploy.sequential`): rounds of held-out
+    prompts until they are decided or ``num_prompts`` are used; KL, length drift and
+    diversity are measured on every answer sampled by then.
 
     Raises RegistryError for an unknown version and GateError when gates cannot run.
     """
@@ -396,23 +550,50 @@ def evaluate(registry: Registry, version: str, settings: GateSettings,
                     settings.holdout_share)
     prompts, sources = held_out_prompts(store, settings)
     k = settings.samples_per_prompt
+    design = design_of(settings, len(prompts))
+    penalty = unfinished_penalty(manifest, settings)
     started = time.perf_counter()
-    m = measure(registry, settings, prompts, candidate=version, live=live,
-                reference=reference, reward_models=[r for r in (reward, judge) if r],
-                samples_per_prompt=k, max_new_tokens=answer_budget(manifest, settings))
-    boot = Bootstrap(settings.confidence, settings.bootstrap_resamples, settings.seed)
-    cand, live_r = m.rewards[reward]
-    gates = judge_gates(cand, live_r, settings, k, boot)
+
+    def measure_round(chunk: list[str]) -> Measurements:
+        return measure(registry, settings, chunk, candidate=version, live=live,
+                       reference=reference, reward_models=[r for r in (reward, judge) if r],
+                       samples_per_prompt=k, max_new_tokens=answer_budget(manifest, settings),
+                       unfinished_penalty=penalty, sample_reference=True)
+
+    m, gates = run_looks(in_rounds(prompts, design.looks), measure_round,
+                         partial(sequential_gates, settings=settings, k=k, design=design,
+                                 reward=reward, judge=judge))
     gates["kl"] = kl_gate(m.cand_logprobs, m.ref_logprobs, settings.max_kl)
     gates["length_drift"] = length_drift_gate(m.cand_lengths, m.live_lengths,
                                               settings.max_length_drift)
-    if judge:
-        gates.update(judge_gates(*m.rewards[judge], settings, k, boot, prefix="judge_"))
+    gates["length_drift"].detail |= {
+        "candidate_unfinished": unfinished_share(m.candidate.finished),
+        "live_unfinished": unfinished_share(m.live.finished)}
+    gates["diversity"] = diversity_gate(m.candidate.responses, m.reference_answers.responses,
+                                        settings.max_diversity_drop,
+                                        settings.max_repetition_increase)
     gates.update(human_eval_gates(version, live, settings, store))
+    used = len(m.candidate.prompts) // k
     return make_report(
         version, gates, against=live, reference=reference, reward_model=reward,
-        judge_model=judge, samples_per_prompt=k, prompts=sources,
+        judge_model=judge, samples_per_prompt=k,
+        prompts={**sources, "used": used},
         settings=settings.model_dump(mode="json"), seconds=time.perf_counter() - started)
+
+
+def unfinished_penalty(manifest: Manifest, settings: GateSettings) -> float:
+    """What an unfinished answer loses in the gates: the setting, else what the candidate's
+    PPO run subtracted (``truncation: penalty``, its ``truncation_penalty``), else 1."""
+    if settings.unfinished_penalty is not None:
+        return settings.unfinished_penalty
+    cfg = manifest.config
+    if cfg.get("truncation", "penalty") != "penalty":
+        return 0.0
+    return float(cfg.get("truncation_penalty", 1.0))
+
+
+def unfinished_share(finished: Sequence[bool]) -> float:
+    return 1 - fmean(finished) if finished else 0.0
 
 
 # -- SFT gates: is a new SFT version a better lineage base than the current one? ------------

@@ -30,6 +30,22 @@ class Measurements:
     live_lengths: list[int]
     candidate: Samples
     live: Samples
+    reference: Samples | None = None  # the reference's own answers; None = it is live
+
+    def __add__(self, other: Measurements) -> Measurements:
+        """Two rounds of the same comparison, one after the other (a sequential gate)."""
+        ref = None if self.reference is None or other.reference is None else (
+            self.reference + other.reference)
+        return Measurements(
+            {v: (c + other.rewards[v][0], li + other.rewards[v][1])
+             for v, (c, li) in self.rewards.items()},
+            self.cand_logprobs + other.cand_logprobs, self.ref_logprobs + other.ref_logprobs,
+            self.cand_lengths + other.cand_lengths, self.live_lengths + other.live_lengths,
+            self.candidate + other.candidate, self.live + other.live, ref)
+
+    @property
+    def reference_answers(self) -> Samples:
+        return self.live if self.reference is None else self.reference
 
 
 def _sample(policy: Policy, prompts: list[str], s: GateSettings, max_new_tokens: int
@@ -44,10 +60,16 @@ def _load(registry: Registry, version: str, s: GateSettings) -> Policy:
 
 def measure(registry: Registry, s: GateSettings, prompts: list[str], *, candidate: str,
             live: str, reference: str, reward_models: list[str], samples_per_prompt: int = 1,
-            max_new_tokens: int = 48) -> Measurements:
+            max_new_tokens: int = 48, unfinished_penalty: float = 0.0,
+            sample_reference: bool = False) -> Measurements:
     """``samples_per_prompt`` answers of candidate and live to each prompt (sample j of a
     prompt is drawn with the same seed for both), the reference's log-probs of the
-    candidate's answers, and every reward model's score of every answer."""
+    candidate's answers, and every reward model's score of every answer.
+
+    An answer cut at ``max_new_tokens`` (no stop id sampled) is scored as unfinished, as
+    PPO's default ``truncation: penalty`` scores it: the reward model's score minus
+    ``unfinished_penalty``. ``sample_reference``: the reference (when it is not live)
+    answers too, for the diversity gate."""
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     # 1. the candidate answers, and its own log-probs of those answers
     cand = _load(registry, candidate, s)
@@ -61,6 +83,8 @@ def measure(registry: Registry, s: GateSettings, prompts: list[str], *, candidat
     if not same_vocabulary(cand, ref):
         raise VocabularyMismatch(f"{candidate} and {reference} use different tokenizers")
     ref_logp = answer_logprobs(ref, cand_samples, s.batch_size)
+    ref_samples = (_sample(ref, repeated, s, max_new_tokens)
+                   if sample_reference and ref is not live_policy else None)
     for p in {id(cand): cand, id(live_policy): live_policy, id(ref): ref}.values():
         p.release()
     # 4. every reward model judges every answer
@@ -69,10 +93,22 @@ def measure(registry: Registry, s: GateSettings, prompts: list[str], *, candidat
         scorer = RewardScorer.from_registry(registry, version, device=s.device,
                                             batch_size=s.batch_size)
         rewards[version] = (
-            scorer.score(list(zip(repeated, cand_samples.responses, strict=True))),
-            scorer.score(list(zip(repeated, live_samples.responses, strict=True))))
+            unfinished_scored(scorer.score(list(zip(repeated, cand_samples.responses,
+                                                    strict=True))),
+                              cand_samples, unfinished_penalty),
+            unfinished_scored(scorer.score(list(zip(repeated, live_samples.responses,
+                                                    strict=True))),
+                              live_samples, unfinished_penalty))
     return Measurements(rewards, cand_logp.tolist(), ref_logp.tolist(), cand_samples.lengths,
-                        live_samples.lengths, cand_samples, live_samples)
+                        live_samples.lengths, cand_samples, live_samples, ref_samples)
+
+
+def unfinished_scored(rewards: list[float], samples: Samples, penalty: float) -> list[float]:
+    """``rewards`` with ``penalty`` subtracted from answers that did not finish."""
+    if not samples.finished:
+        return rewards
+    return [r if done else r - penalty
+            for r, done in zip(rewards, samples.finished, strict=True)]
 
 
 def heldout_lm_loss(registry: Registry, version: str, demos: list, s: GateSettings,

@@ -30,6 +30,12 @@ class Samples:
     responses: list[str]  # decoded answers, special tokens removed
     prompt_ids: list[list[int]]  # the rendered prompt's ids (cut to max_prompt_tokens)
     response_ids: list[list[int]]  # sampled ids, EOS included when it was sampled
+    finished: list[bool] = field(default_factory=list)  # a stop id was sampled (not cut)
+
+    def __add__(self, other: Samples) -> Samples:
+        return Samples(self.prompts + other.prompts, self.responses + other.responses,
+                       self.prompt_ids + other.prompt_ids,
+                       self.response_ids + other.response_ids, self.finished + other.finished)
 
     @property
     def lengths(self) -> list[int]:
@@ -115,7 +121,8 @@ def sample(policy: Policy, prompts: Sequence[str], *, max_new_tokens: int, tempe
             eos_token_id=stops)  # (B, T + new)
         answers += [cut_at_eos(row, stops) for row in out[:, ids.size(1):].tolist()]
     texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
-    return Samples(list(prompts), texts, prompt_ids, answers)
+    finished = [bool(a) and a[-1] in stops for a in answers]
+    return Samples(list(prompts), texts, prompt_ids, answers, finished)
 
 
 @torch.no_grad()

@@ -54,9 +54,36 @@ class GateSettings(BaseModel):
     samples_per_prompt: int = Field(
         4, ge=1, description="Answers per prompt and policy (paired by seed).")
     confidence: float = Field(
-        0.9, gt=0, lt=1, description="Coverage of the bootstrap intervals; the gates use the "
-                                     "lower end.")
-    bootstrap_resamples: int = Field(1000, ge=10, description="Bootstrap resamples.")
+        0.9, gt=0, lt=1, description="Two-sided coverage of a fixed-n interval: the reward "
+                                     "and win-rate gates promote a candidate that is only "
+                                     "as good as the threshold with probability at most "
+                                     "(1 − confidence) / 2, spent across the sequential "
+                                     "looks; also the SFT gate's bootstrap coverage.")
+    sequential_looks: int = Field(
+        4, ge=1, description="Rounds the num_prompts held-out prompts are evaluated in; the "
+                             "reward and win-rate gates stop after a round once decided "
+                             "(O'Brien–Fleming α spending; 1 = one fixed-size test).")
+    power: float = Field(
+        0.8, gt=0, lt=1, description="Power at which gates.json quotes the smallest "
+                                     "detectable effect of the prompts used.")
+    length_controlled: bool = Field(
+        True, description="Win-rate gates test the length-controlled win rate (length "
+                          "difference regressed out, AlpacaEval-LC style); the raw rate is "
+                          "reported beside it.")
+    unfinished_penalty: float | None = Field(
+        None, ge=0, description="Reward subtracted from an answer cut at max_new_tokens "
+                                "(no stop id); None = the candidate's PPO truncation_penalty "
+                                "(0 when it trained with truncation no_eos/append_eos), "
+                                "else 1.")
+    max_diversity_drop: float = Field(
+        0.25, ge=0, le=1, description="Most relative drop of distinct-2 (unique word "
+                                      "bigrams / bigrams) of the candidate's answers below "
+                                      "its SFT reference's.")
+    max_repetition_increase: float = Field(
+        0.25, ge=0, le=1, description="Most rise of the share of answers that repeat a "
+                                      "word 3-gram, candidate vs its SFT reference.")
+    bootstrap_resamples: int = Field(1000, ge=10, description="Bootstrap resamples (SFT "
+                                                              "reward gate).")
     judge_model: str | None = Field(
         None, description="Held-out judge reward version besides the optimised one: a "
                           "version, `previous` (the reward version before the optimised "

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from rlhf import demo_report as report
-from rlhf.demo_tasks import instruction_set, rank
+from rlhf.demo_tasks import gate_prompts, instruction_set, rank
 from rlhf.procs import Process, free_port, rlhf_command
 from training.lineage import is_ppo
 
@@ -61,12 +61,13 @@ class DemoOptions:
     train_every_s: float = 10.0
     stop_after_promotions: int = 0  # stop early after this many gated promotions; 0 = never
     sft_timeout_s: float = 600.0  # how long to wait for the SFT's gate verdict
-    # The gates' pace on 2 CPU cores: 16 held-out prompts × 4 seeded answers per policy
-    # (64 paired samples, bootstrap over the 16 prompts) take seconds with the tiny model.
+    # The gates' pace on 2 CPU cores: up to 64 gate prompts (the demo's own, see
+    # demo_tasks.gate_prompts) × 4 seeded answers per policy, in 4 sequential rounds of
+    # 16; a few seconds per candidate with the tiny model.
     gate_env: dict[str, str] = field(default_factory=lambda: {
-        "RLHF_GATES__NUM_PROMPTS": "16", "RLHF_GATES__SAMPLES_PER_PROMPT": "4",
-        "RLHF_GATES__MAX_NEW_TOKENS": "24", "RLHF_GATES__BATCH_SIZE": "32",
-        "RLHF_GATES__BOOTSTRAP_RESAMPLES": "1000"})
+        "RLHF_GATES__NUM_PROMPTS": "64", "RLHF_GATES__SAMPLES_PER_PROMPT": "4",
+        "RLHF_GATES__SEQUENTIAL_LOOKS": "4", "RLHF_GATES__MAX_NEW_TOKENS": "24",
+        "RLHF_GATES__BATCH_SIZE": "64", "RLHF_GATES__BOOTSTRAP_RESAMPLES": "1000"})
 
 
 # -- the platform ----------------------------------------------------------------------------
@@ -91,10 +92,13 @@ class Platform:
                              "pass another --home, or --url to use a running `rlhf up`")
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / MARKER).touch()
+        gate_file = self.home / "gate-prompts.txt"
+        gate_file.write_text("\n".join(gate_prompts()) + "\n")
         ports = {name: free_port() for name in ("HTTP_PORT", "GRPC_PORT", "BROKER_PORT",
                                                 "DEPLOY_PORT", "INGEST_METRICS_PORT",
                                                 "WORKBENCH_PORT")}
         env = {**{f"RLHF_UP__{k}": str(v) for k, v in ports.items()},
+               "RLHF_GATES__EVAL_PROMPT_FILE": str(gate_file),
                **self.opts.gate_env, "RLHF_UP__HOME": str(self.home),
                "RLHF_UP__CONFIG_DIR": str(self.opts.config_dir.resolve()),
                "RLHF_UP__MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),

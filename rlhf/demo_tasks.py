@@ -50,6 +50,16 @@ def instruction_set() -> InstructionSet:
     return InstructionSet(train, held_out)
 
 
+def gate_prompts(seed: int = 0) -> list[str]:
+    """Prompts for the promotion gates: the training topics and tasks, phrased as no
+    labeler sends them (so PPO never trains on them), shuffled so that every sequential
+    round of the gates covers many topics; the report's held-out topics stay unseen."""
+    tasks = instruction_set()
+    prompts = [f"{p[:-1]}, in a few words." for p in tasks.train]
+    random.Random(seed).shuffle(prompts)
+    return prompts
+
+
 def topic_of(prompt: str) -> str:
     """The topic an instruction is about (the text after its task words)."""
     for task in TASKS:

@@ -138,7 +138,10 @@ def test_copy_of_live_fails_only_the_improvement_gate(home):
     assert g["kl"].value == pytest.approx(0.0, abs=1e-6) and g["length_drift"].value == 0.0
     assert (report.against, report.reference, report.reward_model) == (LIVE, LIVE,
                                                                        "reward-0001")
-    assert report.prompts == {"total": 12, "traffic": 3, "eval_file": 0, "fallback": 9}
+    # a copy cannot clear the threshold: the sequential gates stop after the first round
+    assert report.prompts == {"total": 12, "traffic": 3, "eval_file": 0, "fallback": 9,
+                              "used": 3}
+    assert report.undecided == ["win_rate"] and g["reward_improvement"].look == 1
     assert report.samples_per_prompt == 2 and report.judge_model is None
     assert g["reward_improvement"].lower == g["reward_improvement"].upper == 0.0
     on_disk = json.loads((registry.path(COPY) / "gates.json").read_text())
@@ -152,7 +155,8 @@ def test_copy_of_live_fails_only_the_improvement_gate(home):
 
 def test_better_candidate_passes_and_thresholds_decide(home):
     registry = Registry(home / "registry")
-    passed = evaluate_and_record(registry, BETTER, GateSettings(**GATES))
+    # one fixed-size look, so both runs measure the same 12 prompts
+    passed = evaluate_and_record(registry, BETTER, GateSettings(**GATES, sequential_looks=1))
     assert passed.status == "passed", passed.reasons
     improvement, kl = passed.gates["reward_improvement"].value, passed.gates["kl"].value
     assert improvement > 0.01 and 0 < kl < 10 and passed.gates["win_rate"].value > 0.5
@@ -161,7 +165,7 @@ def test_better_candidate_passes_and_thresholds_decide(home):
 
     # a threshold between the lower bound and the mean fails: the gain could be luck
     strict = GateSettings(**GATES, min_reward_improvement=(lower + improvement) / 2,
-                          max_kl=kl / 2)
+                          max_kl=kl / 2, sequential_looks=1)
     failed = evaluate_and_record(registry, BETTER, strict)
     assert failed.failed == ["reward_improvement", "kl"]
     # seeded: the same measurements, only the thresholds moved
@@ -189,8 +193,8 @@ def test_gates_refuse_a_reward_hack_that_the_held_out_judge_sees_through(home):
     hacking = GateSettings(**GATES, reward_model=FLAWED_RM, judge_model=HONEST_RM)
     hacked = evaluate_and_record(registry, HACKED, hacking)
     assert (hacked.reward_model, hacked.judge_model) == (FLAWED_RM, HONEST_RM)
-    assert hacked.gates["reward_improvement"].passed  # its own RM would let it in
     assert hacked.status == "failed" and "judge_reward_improvement" in hacked.failed
+    assert "reward_improvement" not in hacked.failed  # its own RM does not object
     assert hacked.gates["judge_reward_improvement"].lower < 0.01
     honest = evaluate_and_record(registry, BETTER, hacking)
     assert honest.status == "passed", honest.reasons
@@ -198,6 +202,7 @@ def test_gates_refuse_a_reward_hack_that_the_held_out_judge_sees_through(home):
     # without a judge, only the optimised RM's numbers decide: the hack would pass them
     alone = evaluate_and_record(registry, HACKED, GateSettings(**GATES, judge_model="none"))
     assert "judge_reward_improvement" not in alone.gates
+    assert alone.gates["reward_improvement"].passed  # its own RM would let it in
 
 
 # -- the CLI --------------------------------------------------------------------------------

@@ -23,25 +23,26 @@ from training.datasets import is_gate_prompt
 
 
 def test_reward_improvement_gates_on_the_lower_bound_threshold_inclusive():
-    # gains per prompt: 1 − 0 = 1 and 3 − 1 = 2; mean 1.5
-    g = reward_improvement_gate([1.0, 3.0], [0.0, 1.0], threshold=1.0)
-    assert g.value == pytest.approx(1.5)
-    # two prompts: bootstrap means are 1 (¼), 1.5 (½), 2 (¼); the 5 % and 95 % points of a
-    # 90 % interval are 1 and 2 → passes at 1.0 (lower bound), fails at 1.5 although the
-    # mean is 1.5: the gain could be luck
-    assert (g.lower, g.upper, g.confidence) == (1.0, 2.0, 0.9) and g.passed
-    assert not reward_improvement_gate([1.0, 3.0], [0.0, 1.0], threshold=1.5).passed
+    # gains per prompt 1, 2, 3: mean 2, sd 1, se 1/√3; one fixed look at one-sided 5 %:
+    # t(0.95, 2 df) = 2.92 → lower bound 2 − 2.92/√3 = 0.314
+    g = reward_improvement_gate([1.0, 3.0, 5.0], [0.0, 1.0, 2.0], threshold=0.3)
+    assert g.value == pytest.approx(2.0) and g.confidence == pytest.approx(0.9)
+    assert g.lower == pytest.approx(0.314, abs=0.01) and g.upper == pytest.approx(3.686, abs=0.01)
+    assert g.passed and g.n == 3 and g.decision == "pass"
+    # a threshold above the lower bound fails although the mean is far above: could be luck
+    assert not reward_improvement_gate([1.0, 3.0, 5.0], [0.0, 1.0, 2.0], threshold=0.5).passed
     assert not reward_improvement_gate([1.0], [1.0], threshold=0.01).passed  # a copy
     # identical gains on every prompt: a degenerate interval equal to the mean
     same = reward_improvement_gate([2.0] * 5, [1.0] * 5, threshold=1.0)
-    assert (same.lower, same.upper) == (1.0, 1.0) and same.passed
+    assert (same.lower, same.upper) == (1.0, 1.0) and not same.passed  # not above 1.0
+    assert reward_improvement_gate([2.0] * 5, [1.0] * 5, threshold=0.5).passed
 
 
-def test_several_samples_per_prompt_are_averaged_before_the_bootstrap():
+def test_several_samples_per_prompt_are_averaged_before_the_test():
     # 2 prompts × 2 samples, prompt-major: gains (0, 2) → prompt mean 1; (2, 2) → 2
     assert per_prompt([0.0, 2.0, 2.0, 2.0], 2) == [1.0, 2.0]
     g = reward_improvement_gate([0.0, 2.0, 2.0, 2.0], [0.0] * 4, 1.0, samples_per_prompt=2)
-    assert g.value == pytest.approx(1.5) and (g.lower, g.upper) == (1.0, 2.0)
+    assert g.value == pytest.approx(1.5) and g.n == 2  # prompts, not samples, are the units
     with pytest.raises(ValueError, match="groups of 3"):
         per_prompt([1.0, 2.0], 3)
 
@@ -83,7 +84,7 @@ def test_win_rate_counts_ties_half_and_gates_on_the_lower_bound():
 
 def test_report_fails_when_any_gate_fails_and_lists_reasons():
     gates = {"reward_improvement": reward_improvement_gate([1.0], [1.0], 0.01),
-             "win_rate": win_rate_gate([1.0], [1.0], 0.5)}
+             "win_rate": win_rate_gate([2.0] * 3, [1.0] * 3, 0.5)}
     report = make_report("policy-0002", gates, against="policy-0001", reference="policy-0001",
                          reward_model="reward-0001", prompts={}, settings={}, seconds=0.0)
     assert report.status == "failed" and report.failed == ["reward_improvement"]
