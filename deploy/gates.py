@@ -72,7 +72,7 @@ from deploy.errors import GateError
 from deploy.sequential import Design, decide
 from deploy.settings import GateSettings
 from training.datasets import is_gate_prompt, normalise_prompt
-from training.lineage import reference_of
+from training.lineage import accepted_reward, reference_of
 
 if TYPE_CHECKING:
     from deploy.measure import Measurements
@@ -409,13 +409,14 @@ def held_out_prompts(store, settings: GateSettings) -> tuple[list[str], dict[str
 def reward_model_for(registry: Registry, settings: GateSettings,
                      manifest: Manifest | None = None) -> str:
     """The optimised RM: the setting, else the one the candidate was trained against, else
-    the newest reward version; GateError when there is none."""
+    the accepted reward version (``training.lineage.accepted_reward``); GateError when
+    there is none."""
     chosen = settings.reward_model or (manifest.config.get("reward_model") if manifest else None)
     if chosen:
         if registry.get(chosen).kind != "reward":
             raise GateError(f"{chosen} is not a reward model")
         return str(chosen)
-    newest = registry.latest("reward")
+    newest = accepted_reward(registry)
     if newest is None:
         raise GateError("no reward model in the registry to judge the gates")
     return newest.version
@@ -679,7 +680,7 @@ def evaluate_sft(registry: Registry, manifest: Manifest, settings: GateSettings,
     gates = {"lm_loss": lm_loss_gate(heldout_lm_loss(registry, version, demos, settings, max_len),
                                      heldout_lm_loss(registry, current, demos, settings, max_len),
                                      strict)}
-    newest = registry.latest("reward")
+    newest = accepted_reward(registry)
     reward = settings.reward_model or (newest.version if newest else None)
     k = settings.samples_per_prompt
     sources = {"total": 0, "traffic": 0, "eval_file": 0, "fallback": 0}

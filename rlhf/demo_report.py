@@ -54,10 +54,11 @@ def measure(registry: Registry, version: str, prompts: list[str], *, samples: in
 
 
 def score_with_reward_model(registry: Registry, measurements: list[Measurement]) -> str | None:
-    """Fill ``rm_scores`` with the newest reward model's rewards; returns its version."""
+    """Fill ``rm_scores`` with the accepted reward model's rewards; returns its version."""
+    from training.lineage import accepted_reward
     from training.reward_model import RewardScorer
 
-    newest = registry.latest("reward")
+    newest = accepted_reward(registry)
     if newest is None:
         return None
     scorer = RewardScorer.from_registry(registry, newest.version)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from core.registry import Manifest, Registry, RegistryError
 from core.settings import KafkaSettings
-from training.lineage import is_ppo, reference_of
+from training.lineage import accepted_reward, is_ppo, reference_of
 from training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,9 @@ def sft_due(store, registry: Registry, min_new_demonstrations: int,
 def ppo_due(registry: Registry) -> Due:
     """PPO is due when the newest reward model has not been applied to the parent policy
     and no SFT candidate newer than the lineage base still awaits its gates."""
-    reward = registry.latest("reward")
+    reward = accepted_reward(registry)
     if reward is None:
-        return Due(False, "ppo: no reward model in the registry yet")
+        return Due(False, "ppo: no accepted reward model in the registry yet")
     waiting = pending_sft(registry)
     if waiting is not None:
         return Due(False, f"ppo: SFT candidate {waiting.version} awaits its gates")
@@ -234,7 +234,11 @@ def run_cycle(*, store, registry: Registry, min_new_rankings: int,
         stage = reward_due(store, registry, min_new_rankings)
         result.reasons.append(stage.reason)
         if stage.due:
-            result.versions.append(train_reward().version)
+            rm = train_reward()
+            result.versions.append(rm.version)
+            verdict = registry.get(rm.version).gates
+            if verdict.get("kind") == "reward_quality":
+                result.reasons.append(f"reward gate: {rm.version} {verdict['reason']}")
         stage = ppo_due(registry)
         result.reasons.append(stage.reason)
         if stage.due:
@@ -259,6 +263,7 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
     ``config_dir`` holds ``sft.yaml``, ``reward.yaml`` and ``ppo.yaml`` overriding the
     packaged ones; ``overrides`` maps ``"sft"``/``"reward"``/``"ppo"`` to dotted overrides.
     """
+    from training import rm_gate
     from training.config import load_config
     from training.recipes import ppo, reward, sft
 
@@ -280,10 +285,12 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
         cfg = load_config(reward.RewardConfig, config_path("reward.yaml"), "reward.yaml",
                           {"base": reward_base(registry, reward_init),
                            **overrides.get("reward", {})})
-        return reward.train(cfg, store=store, registry=registry, kafka=kafka)
+        manifest = reward.train(cfg, store=store, registry=registry, kafka=kafka)
+        rm_gate.gate(registry, store, manifest)
+        return manifest
 
     def train_ppo() -> Manifest:
-        latest = registry.latest("reward")
+        latest = accepted_reward(registry)
         assert latest is not None  # ppo_due checked it
         cfg = load_config(ppo.PPOConfig, config_path("ppo.yaml"), "ppo.yaml", {
             "base": cycle_parent(registry), "reward_model": latest.version,

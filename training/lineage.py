@@ -8,7 +8,7 @@ of the chain to the same SFT version bounds the cumulative drift instead.
 
 from __future__ import annotations
 
-from core.registry import Registry, RegistryError
+from core.registry import Manifest, Registry, RegistryError
 
 
 def is_ppo(config: dict) -> bool:
@@ -39,3 +39,17 @@ def reference_of(registry: Registry, version: str) -> str:
             return current
         current = manifest.parent
 
+
+
+def accepted_reward(registry: Registry, before: str | None = None) -> Manifest | None:
+    """The reward model PPO optimises and the gates judge with by default: the newest
+    reward version (older than ``before``, if given) that was not trained as a held-out
+    judge (``role: judge``) and was not refused by the RM quality gate
+    (``training.rm_gate``); None when there is none."""
+    for m in reversed(registry.list("reward")):
+        if before is not None and m.version >= before:
+            continue
+        if m.config.get("role", "optimised") == "judge" or m.gates.get("status") == "refused":
+            continue
+        return m
+    return None

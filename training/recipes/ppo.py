@@ -63,7 +63,7 @@ from training.datasets import (
     split_by_prompt,
 )
 from training.formatting import render_prompt, stop_token_ids
-from training.lineage import reference_of
+from training.lineage import accepted_reward, reference_of
 from training.losses import (
     entropy_from_logits,
     masked_mean,
@@ -583,9 +583,10 @@ def evaluate(engine: RolloutEngine, prompts: list[str], prompt_ids, policy, ref,
 # -- the recipe ------------------------------------------------------------------------------
 
 def resolve_reward(registry: Registry, version: str | None) -> str:
-    """The reward version to optimise against: ``version`` or the newest one."""
+    """The reward version to optimise against: ``version`` or the accepted one (the newest
+    that is not a judge and passed the RM quality gate, ``training.lineage``)."""
     if version is None:
-        latest = registry.latest("reward")
+        latest = accepted_reward(registry)
         if latest is None:
             raise RegistryError(f"registry {registry.root} has no reward model; run "
                                 "`rlhf train reward` first")

@@ -49,7 +49,7 @@ def test_nothing_due_on_an_empty_store_exits_zero_and_says_why(empty_store, regi
     assert out["reasons"] == [
         "sft: only 0 new labeler/admin demonstrations since data mark 0, 100 needed",
         "reward: only 0 new rankings/comparisons since data mark 0, 50 needed",
-        "ppo: no reward model in the registry yet"]
+        "ppo: no accepted reward model in the registry yet"]
     assert [v.version for v in registry.list()] == ["policy-0000"]
 
 
@@ -148,3 +148,30 @@ def test_sft_on_new_demonstrations_passes_its_gates_and_becomes_the_ppo_parent(
                       env=env)
     assert again["versions"] == []
     assert again["reasons"][0].startswith("sft: only 0 new")
+
+
+def test_a_reward_model_worse_on_unseen_rankings_is_refused_and_ppo_keeps_the_accepted(
+        store, registry):
+    """The RM quality gate on two real reward models: a trained one, then one whose head
+    barely moved from its random start; the gold slice (40 % here) is the unseen set."""
+    from training import rm_gate
+    from training.config import load_config
+    from training.recipes.reward import RewardConfig, train
+
+    def rm(**overrides):
+        cfg = load_config(RewardConfig, DEMO_CONFIG_DIR / "reward.yaml", "reward.yaml", {
+            "base": "policy-0000", "gold_share": 0.4, "max_len": 64, "progress": False,
+            **overrides})
+        return train(cfg, store=store, registry=registry)
+
+    good = rm(lr=1e-3, epochs=4)
+    first = rm_gate.gate(registry, store, good)
+    assert first["status"] == "accepted" and first["reason"] == "the first reward model"
+    bad = rm(lr=1e-9, max_steps=1)
+    verdict = rm_gate.gate(registry, store, bad)
+    assert verdict["against"] == good.version and verdict["groups"] >= 20
+    assert verdict["status"] == "refused", verdict["reason"]
+    assert verdict["accuracy"] < verdict["current_accuracy"] and verdict["upper"] < 0
+    assert registry.get(bad.version).gates["status"] == "refused"  # recorded with the reason
+    # PPO keeps optimising the accepted RM, and the refused one does not make PPO due again
+    assert ppo_due(registry).reason == f"ppo: train policy-0000 against {good.version}"
