@@ -208,7 +208,7 @@ def _sequential(values: Sequence[float], threshold: float, design: Design, look:
     verdict = {"pass": "lower bound ≥", "fail": "cannot reach", "continue": "undecided vs"}
     reason = (f"{what}, {cover:.1%} interval [{t.lower:{fmt}}, {t.upper:{fmt}}] over {t.n} "
               f"prompts (look {t.look}/{t.looks}), {verdict[t.decision]} {threshold}; "
-              f"detectable at this n: +{t.mde:{fmt}}")
+              f"detectable at this n: +{t.mde:{fmt.lstrip('+')}}")
     return GateResult(
         value=value, threshold=threshold, passed=t.decision == "pass", lower=t.lower,
         upper=t.upper, confidence=cover, reason=reason, detail=detail, n=t.n, look=t.look,
@@ -621,7 +621,8 @@ def heldout_demonstrations(store, manifest: Manifest) -> list:
 
     cfg = manifest.config
     demos = trainable(store.demonstrations(until=manifest.data_mark),
-                      bool(cfg.get("train_on_user_feedback", False)))
+                      bool(cfg.get("train_on_user_feedback", False)),
+                      float(cfg.get("gate_holdout_share", 0.0)))
     return split_demonstrations(demos, float(cfg.get("eval_fraction", 0.1)),
                                 int(cfg.get("seed", 0)))[1]
 

@@ -30,6 +30,10 @@ class RunConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many updates.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Prompts held out for eval.")
     eval_every: int = Field(0, ge=0, description="Eval every N updates; 0 = each epoch.")
+    gate_holdout_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of prompts (hash of the normalised text) kept for "
+                                     "the deploy gates: no recipe (SFT, reward, PPO) trains "
+                                     "on them; must equal RLHF_GATES__HOLDOUT_SHARE.")
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
     mixed_precision: str = Field("no", description="accelerate mixed precision: no|bf16|fp16.")
     cpu: bool | None = Field(

@@ -75,20 +75,29 @@ class CycleResult:
         return not self.versions
 
 
-def new_preference_groups(store, registry: Registry) -> tuple[int, int]:
-    """(rankings + comparisons after the newest reward version's data mark, that mark)."""
+def new_preference_groups(store, registry: Registry,
+                           usable: Callable[[list], list] | None = None) -> tuple[int, int]:
+    """(rankings + comparisons after the newest reward version's data mark, that mark);
+    with ``usable``, only the groups it keeps (those that can train the next RM)."""
     latest = registry.latest("reward")
     mark = (latest.data_mark or 0) if latest else 0
+    if usable is not None:
+        return len(usable(store.preference_groups(since=mark))), mark
     total, before = store.counts(), store.counts(until=mark)
     return sum(total[k] - before[k] for k in PREFERENCE_KINDS), mark
 
 
-def reward_due(store, registry: Registry, min_new_rankings: int) -> Due:
-    new, mark = new_preference_groups(store, registry)
+def reward_due(store, registry: Registry, min_new_rankings: int,
+               usable: Callable[[list], list] | None = None) -> Due:
+    """Due after ``min_new_rankings`` new rankings/comparisons; with ``usable`` (the reward
+    recipe's data rules) only those that can train count: user feedback without
+    train_on_user_feedback, gold and gate-slice prompts do not start a run."""
+    new, mark = new_preference_groups(store, registry, usable)
+    what = "trainable rankings/comparisons" if usable else "rankings/comparisons"
     if new >= min_new_rankings:
-        return Due(True, f"reward: {new} new rankings/comparisons since data mark {mark} "
+        return Due(True, f"reward: {new} new {what} since data mark {mark} "
                          f"(threshold {min_new_rankings})")
-    return Due(False, f"reward: only {new} new rankings/comparisons since data mark {mark}, "
+    return Due(False, f"reward: only {new} new {what} since data mark {mark}, "
                       f"{min_new_rankings} needed")
 
 
@@ -158,19 +167,21 @@ def sft_base(registry: Registry) -> str:
     raise RegistryError(f"cycle in the parent chain at {current}")
 
 
-def new_demonstrations(store, registry: Registry, train_on_user_feedback: bool
-                       ) -> tuple[int, int]:
+def new_demonstrations(store, registry: Registry, train_on_user_feedback: bool,
+                       gate_holdout_share: float = 0.0) -> tuple[int, int]:
     """(demonstrations that may train after the newest SFT version's data mark, that mark)."""
     from training.recipes.sft import trainable
 
     sfts = [m for m in registry.list("policy") if is_sft(m)]
     mark = (sfts[-1].data_mark or 0) if sfts else 0
-    return len(trainable(store.demonstrations(since=mark), train_on_user_feedback)), mark
+    return len(trainable(store.demonstrations(since=mark), train_on_user_feedback,
+                         gate_holdout_share)), mark
 
 
 def sft_due(store, registry: Registry, min_new_demonstrations: int,
-            train_on_user_feedback: bool = False) -> Due:
-    new, mark = new_demonstrations(store, registry, train_on_user_feedback)
+            train_on_user_feedback: bool = False, gate_holdout_share: float = 0.0) -> Due:
+    new, mark = new_demonstrations(store, registry, train_on_user_feedback,
+                                   gate_holdout_share)
     who = "demonstrations" if train_on_user_feedback else "labeler/admin demonstrations"
     if new >= min_new_demonstrations:
         return Due(True, f"sft: {new} new {who} since data mark {mark} "
@@ -217,9 +228,12 @@ def run_cycle(*, store, registry: Registry, min_new_rankings: int,
               train_reward: Callable[[], Manifest], train_ppo: Callable[[], Manifest],
               train_sft: Callable[[], Manifest] | None = None,
               min_new_demonstrations: int = DEFAULT_MIN_NEW_DEMONSTRATIONS,
-              train_on_user_feedback: bool = False) -> CycleResult:
+              train_on_user_feedback: bool = False, gate_holdout_share: float = 0.0,
+              usable_rankings: Callable[[list], list] | None = None) -> CycleResult:
     """Run the stages that are due, in order (SFT, reward, PPO); the trainers are called
-    with no arguments. Without ``train_sft`` the SFT stage is skipped."""
+    with no arguments. Without ``train_sft`` the SFT stage is skipped. Only data that can
+    train counts towards a stage (``train_on_user_feedback``, ``gate_holdout_share``,
+    ``usable_rankings``)."""
     result = CycleResult()
     with cycle_lock(registry) as acquired:
         if not acquired:
@@ -227,11 +241,12 @@ def run_cycle(*, store, registry: Registry, min_new_rankings: int,
             return result
         registry.clean_staging()
         if train_sft is not None:
-            stage = sft_due(store, registry, min_new_demonstrations, train_on_user_feedback)
+            stage = sft_due(store, registry, min_new_demonstrations, train_on_user_feedback,
+                            gate_holdout_share)
             result.reasons.append(stage.reason)
             if stage.due:
                 result.versions.append(train_sft().version)
-        stage = reward_due(store, registry, min_new_rankings)
+        stage = reward_due(store, registry, min_new_rankings, usable_rankings)
         result.reasons.append(stage.reason)
         if stage.due:
             rm = train_reward()
@@ -275,6 +290,8 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
 
     sft_overrides = overrides.get("sft", {})
     sft_cfg = load_config(sft.SFTConfig, config_path("sft.yaml"), "sft.yaml", sft_overrides)
+    reward_cfg = load_config(reward.RewardConfig, config_path("reward.yaml"), "reward.yaml",
+                             overrides.get("reward", {}))
 
     def train_sft() -> Manifest:
         cfg = load_config(sft.SFTConfig, config_path("sft.yaml"), "sft.yaml",
@@ -300,4 +317,6 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
     return run_cycle(store=store, registry=registry, min_new_rankings=min_new_rankings,
                      train_reward=train_reward, train_ppo=train_ppo, train_sft=train_sft,
                      min_new_demonstrations=min_new_demonstrations,
-                     train_on_user_feedback=sft_cfg.train_on_user_feedback)
+                     train_on_user_feedback=sft_cfg.train_on_user_feedback,
+                     gate_holdout_share=sft_cfg.gate_holdout_share,
+                     usable_rankings=lambda rows: reward.partition(rows, reward_cfg)[0])

@@ -130,10 +130,6 @@ class PPOConfig(RunConfig):
                                "score as finished.")
     truncation_penalty: float = Field(
         1.0, ge=0, description="Reward subtracted from a truncated answer (truncation=penalty).")
-    gate_holdout_share: float = Field(
-        0.1, ge=0, lt=1, description="Share of prompts (hash of the normalised text) kept for "
-                                     "the deploy gates and never trained on; must equal "
-                                     "RLHF_GATES__HOLDOUT_SHARE.")
     max_prompts_per_user: int = Field(
         200, ge=1, description="Most prompts from one user id (paper: 200).")
     value_warm_start: bool = Field(

@@ -40,6 +40,7 @@ from training.datasets import (
     RankedGroup,
     TrainingDataError,
     in_slice,
+    is_gate_prompt,
     ranked_group,
     split_by_prompt,
 )
@@ -98,13 +99,16 @@ def partition(rows: Sequence[PreferenceGroup], cfg: RewardConfig
     """(rows this RM may train on, gold rows).
 
     Gold = prompts of the fixed gold slice, whatever their source: never trained on.
-    The rest must come from a training source (``train_on_user_feedback``) and sit on
-    this RM's side of the judge slice (``role``, ``judge_share``).
+    The rest must come from a training source (``train_on_user_feedback``), lie outside
+    the deploy gates' held-out slice (``gate_holdout_share``) and sit on this RM's side of
+    the judge slice (``role``, ``judge_share``).
     """
     gold = [g for g in rows if in_slice(g.prompt, cfg.gold_share, GOLD_SALT)]
     usable = []
     for g in rows:
         if in_slice(g.prompt, cfg.gold_share, GOLD_SALT):
+            continue
+        if is_gate_prompt(g.prompt, cfg.gate_holdout_share):
             continue
         if g.source not in TRAINING_SOURCES and not cfg.train_on_user_feedback:
             continue

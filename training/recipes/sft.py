@@ -20,6 +20,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -35,7 +36,14 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
 from training.config import RunConfig
-from training.datasets import TrainingDataError, in_slice, sft_example, split_by_prompt
+from training.datasets import (
+    TrainingDataError,
+    in_slice,
+    is_gate_prompt,
+    sft_example,
+    split_by_prompt,
+)
+from training.formatting import render_prompt, stop_token_ids
 from training.metrics import MetricsLog
 from training.runs import (
     cosine_optimizer,
@@ -58,6 +66,15 @@ class SFTConfig(RunConfig):
     train_on_user_feedback: bool = Field(
         False, description="Train on demonstrations from `user` keys too; by default only "
                            "labeler and admin demonstrations train.")
+    select_epoch: Literal["reward", "last"] = Field(
+        "reward", description="Which epoch's weights to keep: `reward` = once an accepted "
+                              "reward model exists, the epoch whose answers to the held-out "
+                              "prompts it scores highest (as the paper chose its SFT), else "
+                              "the last; `last` = always the last.")
+    select_prompts: int = Field(
+        32, ge=1, description="Held-out prompts sampled after each epoch for select_epoch.")
+    select_max_new_tokens: int = Field(
+        48, ge=1, description="Most tokens per answer sampled for select_epoch.")
 
 
 SFT_EVAL_SALT = "sft-eval"
@@ -67,11 +84,14 @@ TRAINING_SOURCES = ("labeler", "admin")
 """Demonstration sources that train by default; ``user`` ones only when enabled."""
 
 
-def trainable(demos: list, train_on_user_feedback: bool) -> list:
+def trainable(demos: list, train_on_user_feedback: bool, gate_holdout_share: float = 0.0
+              ) -> list:
     """The demonstrations SFT may learn from (and be judged on): labeler/admin ones, and
-    user ones too when ``train_on_user_feedback``."""
+    user ones too when ``train_on_user_feedback``; never a prompt of the deploy gates'
+    held-out slice (``gate_holdout_share``)."""
     return [d for d in demos
-            if train_on_user_feedback or getattr(d, "source", "labeler") in TRAINING_SOURCES]
+            if (train_on_user_feedback or getattr(d, "source", "labeler") in TRAINING_SOURCES)
+            and not is_gate_prompt(d.prompt, gate_holdout_share)]
 
 
 def split_demonstrations(demos: list, eval_fraction: float, seed: int = 0
@@ -86,6 +106,35 @@ def split_demonstrations(demos: list, eval_fraction: float, seed: int = 0
     if eval_fraction > 0 and (not held or len(held) == len(demos)):
         return split_by_prompt(demos, lambda d: d.prompt, eval_fraction, seed)
     return [d for d in demos if not in_slice(d.prompt, eval_fraction, SFT_EVAL_SALT)], held
+
+
+@torch.no_grad()
+def sample_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
+                   stop_ids: list[int]) -> list[str]:
+    """One seeded answer per prompt (temperature 1), decoded without special tokens."""
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], return_tensors="pt",
+                        padding=True, add_special_tokens=False).to(next(model.parameters()).device)
+        torch.manual_seed(seed)
+        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=stop_ids)
+    finally:
+        tokenizer.padding_side = side
+        model.train()
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def epoch_scorer(registry: Registry, cfg: SFTConfig):
+    """The accepted reward model that picks the SFT epoch, or None (no RM yet, `last`,
+    or FSDP, whose sharded weights cannot generate here)."""
+    from training.lineage import accepted_reward
+    from training.reward_model import RewardScorer
+
+    rm = accepted_reward(registry) if cfg.select_epoch == "reward" and not cfg.fsdp else None
+    return None if rm is None else RewardScorer.from_registry(registry, rm.version)
 
 
 @torch.no_grad()
@@ -111,12 +160,13 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     # 1. Snapshot the store: everything below reads up to this high-water mark.
     snap = snapshot(store)
     stored = store.demonstrations(until=snap.data_mark)
-    demos = trainable(stored, cfg.train_on_user_feedback)
+    demos = trainable(stored, cfg.train_on_user_feedback, cfg.gate_holdout_share)
     if not demos:
         raise TrainingDataError(
             f"no demonstrations that may train in the feedback store up to mark "
             f"{snap.data_mark} ({len(stored)} stored; user ones train only with "
-            "train_on_user_feedback); submit some (kind=demonstration) first")
+            f"train_on_user_feedback; prompts of the gates' {cfg.gate_holdout_share:.0%} "
+            "slice never train); submit some (kind=demonstration) first")
 
     # 2. Split by prompt and tokenise; the loss sees response tokens only.
     base_path, parent = resolve_base(registry, cfg.base)
@@ -147,9 +197,28 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     if eval_set:
         metrics.log(0, "eval", loss=heldout_loss(model, eval_loader, accelerator))
     step, t_train = 0, time.monotonic()
+    scorer = epoch_scorer(registry, cfg) if eval_rows else None
+    select = [d.prompt for d in eval_rows[:cfg.select_prompts]]
+    stops = stop_token_ids(base_path, tokenizer)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def select_epoch(epoch: int) -> None:
+        """Score this epoch's answers to the held-out prompts; keep the best weights."""
+        nonlocal best
+        if scorer is None:
+            return
+        policy = accelerator.unwrap_model(model)
+        answers = sample_answers(policy, tokenizer, select, cfg.select_max_new_tokens,
+                                 cfg.seed, stops)
+        reward = sum(scorer.score(list(zip(select, answers, strict=True)))) / len(select)
+        metrics.log(step, "select", reward=reward, epoch=epoch)
+        if best is None or reward > best[0]:
+            best = (reward, epoch, {k: v.detach().cpu().clone()
+                                    for k, v in policy.state_dict().items()})
+
     bar = tqdm(total=steps, desc="sft", disable=not (cfg.progress and accelerator.is_main_process))
     model.train()
-    for _epoch in range(cfg.epochs):
+    for epoch in range(1, cfg.epochs + 1):
         for batch in train_loader:
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -167,10 +236,16 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
                 break
         if eval_set and not cfg.eval_every:
             metrics.log(step, "eval", loss=heldout_loss(model, eval_loader, accelerator))
+        select_epoch(epoch)
         if step >= steps:
             break
     bar.close()
     train_s = time.monotonic() - t_train
+    selected: dict[str, Any] = {"selected_epoch": None, "selected_by": "last"}
+    if best is not None:
+        accelerator.unwrap_model(model).load_state_dict(best[2])
+        selected = {"selected_epoch": best[1], "selected_by": f"reward {scorer.version}",
+                    "selected_reward": best[0]}
 
     # 5. Save the policy with its tokenizer, register it and announce the candidate.
     if not save_model(accelerator, model, staging):
@@ -180,7 +255,7 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
              "eval_loss": metrics.last("eval").get("loss"),
              "eval_loss_start": next((r["loss"] for r in metrics.records
                                       if r["split"] == "eval"), None),
-             "train_examples": len(train_set), "eval_examples": len(eval_set)}
+             "train_examples": len(train_set), "eval_examples": len(eval_set), **selected}
     manifest = publish(
         registry, "policy", staging, parent=parent, snap=snap,
         config={"recipe": "sft", **cfg.model_dump(mode="json")}, metrics=final,

@@ -48,15 +48,16 @@ def test_nothing_due_on_an_empty_store_exits_zero_and_says_why(empty_store, regi
     assert out["versions"] == []
     assert out["reasons"] == [
         "sft: only 0 new labeler/admin demonstrations since data mark 0, 100 needed",
-        "reward: only 0 new rankings/comparisons since data mark 0, 50 needed",
+        "reward: only 0 new trainable rankings/comparisons since data mark 0, 50 needed",
         "ppo: no accepted reward model in the registry yet"]
     assert [v.version for v in registry.list()] == ["policy-0000"]
 
 
 def test_below_threshold_nothing_due(store, registry, tmp_path):
-    out = run_cycle(tmp_path, registry, "--min-new-rankings", "81")
+    # 80 rankings, 13 of them gold or in the gates' slice: 67 can train a reward model
+    out = run_cycle(tmp_path, registry, "--min-new-rankings", "68")
     assert out["versions"] == []
-    assert "only 80 new" in out["reasons"][1]
+    assert "only 67 new trainable rankings" in out["reasons"][1]
 
 
 def test_a_held_lock_means_the_cycle_does_nothing(store, registry, tmp_path):
@@ -130,7 +131,8 @@ def test_sft_on_new_demonstrations_passes_its_gates_and_becomes_the_ppo_parent(
     out = run_cycle(tmp_path, registry, "--min-new-rankings", "1000", config_dir=config_dir,
                     env=env)
     assert out["versions"] == ["policy-0001"]
-    assert out["reasons"][0].startswith("sft: 24 new labeler/admin demonstrations")
+    # 3 of the 24 prompts fall in the gates' 10 % hash slice: no recipe trains on them
+    assert out["reasons"][0].startswith("sft: 21 new labeler/admin demonstrations")
     sft = registry.get("policy-0001")
     assert sft.config["recipe"] == "sft" and sft.parent == "policy-0000"
 
@@ -175,3 +177,19 @@ def test_a_reward_model_worse_on_unseen_rankings_is_refused_and_ppo_keeps_the_ac
     assert registry.get(bad.version).gates["status"] == "refused"  # recorded with the reason
     # PPO keeps optimising the accepted RM, and the refused one does not make PPO due again
     assert ppo_due(registry).reason == f"ppo: train policy-0000 against {good.version}"
+
+    # Once an accepted RM exists, SFT keeps the epoch whose held-out answers it scores best
+    from training.recipes.sft import SFTConfig
+    from training.recipes.sft import train as train_sft
+
+    cfg = load_config(SFTConfig, DEMO_CONFIG_DIR / "sft.yaml", "sft.yaml", {
+        "base": "policy-0000", "epochs": 3, "eval_fraction": 0.3, "select_prompts": 6,
+        "select_max_new_tokens": 12, "progress": False})
+    sft = train_sft(cfg, store=store, registry=registry)
+    picks = [r for r in (registry.path(sft.version) / "metrics.jsonl").read_text().splitlines()
+             if '"select"' in r]
+    rewards = [json.loads(r)["reward"] for r in picks]
+    assert len(rewards) == 3  # one score per epoch
+    assert sft.metrics["selected_by"] == f"reward {good.version}"
+    assert sft.metrics["selected_reward"] == max(rewards)
+    assert sft.metrics["selected_epoch"] == rewards.index(max(rewards)) + 1

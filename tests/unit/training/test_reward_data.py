@@ -1,7 +1,7 @@
 """Which rankings train a reward model: sources, the gold slice and the judge slice."""
 
 from feedback.store.store import PreferenceGroup
-from training.datasets import GOLD_SALT, JUDGE_SALT, in_slice
+from training.datasets import GOLD_SALT, JUDGE_SALT, in_slice, is_gate_prompt
 from training.recipes.reward import RewardConfig, partition
 
 
@@ -28,10 +28,12 @@ def test_gold_prompts_never_train_and_judge_and_optimised_rms_split_the_rest():
     assert gold_set == {g.prompt for g in judge_gold} and 20 <= len(gold_set) <= 60
     assert not gold_set & {g.prompt for g in train + judge_train}
     # the optimised and the judge RM never share a training prompt, and together cover
-    # every non-gold prompt
+    # every prompt that is neither gold nor one of the deploy gates' held-out slice
     assert not {g.prompt for g in train} & {g.prompt for g in judge_train}
-    assert len(train) + len(judge_train) + len(gold) == 400
+    gate = {g.prompt for g in rows if is_gate_prompt(g.prompt, cfg.gate_holdout_share)}
+    assert not gate & {g.prompt for g in train + judge_train}
+    assert len(train) + len(judge_train) + len(gold_set | gate) == 400
     assert all(in_slice(g.prompt, 0.3, JUDGE_SALT) for g in judge_train)
     assert all(in_slice(g.prompt, 0.1, GOLD_SALT) for g in gold)
     # no judge slice: the optimised RM trains on every non-gold prompt
-    assert len(partition(rows, RewardConfig(gold_share=0.1))[0]) == 400 - len(gold)
+    assert len(partition(rows, RewardConfig(gold_share=0.1))[0]) == 400 - len(gold_set | gate)

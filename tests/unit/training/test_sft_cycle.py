@@ -163,3 +163,41 @@ def test_run_cycle_runs_sft_first_and_ppo_waits_for_its_verdict(store, registry,
                       train_reward=must_not_run, train_ppo=must_not_run, train_sft=train_sft,
                       min_new_demonstrations=6)
     assert again.did_nothing
+
+
+def test_the_gate_slice_never_trains_sft_or_reward_models():
+    from training.datasets import is_gate_prompt
+    from training.recipes.reward import RewardConfig, partition
+    from training.synthetic import synthetic_rankings
+
+    rows = demos(200, "labeler")
+    gate = [d for d in rows if is_gate_prompt(d.prompt, 0.1)]
+    assert 5 <= len(gate) <= 40  # a 10 % hash slice of 200 prompts
+    kept = trainable(rows, False, gate_holdout_share=0.1)
+    assert len(kept) == len(rows) - len(gate)
+    assert not any(is_gate_prompt(d.prompt, 0.1) for d in kept)
+
+    class Row:  # a stored preference group: prompt, source
+        def __init__(self, r):
+            self.prompt, self.source = r.prompt, "labeler"
+
+    groups = [Row(r) for r in synthetic_rankings(300, seed=3)]
+    usable, _gold = partition(groups, RewardConfig(gate_holdout_share=0.1, gold_share=0.0))
+    assert usable and not any(is_gate_prompt(g.prompt, 0.1) for g in usable)
+    assert len(usable) < len(groups)
+
+
+def test_feedback_that_cannot_train_does_not_start_a_reward_run(store, registry):
+    from training.cycle import reward_due
+    from training.recipes.reward import RewardConfig, partition
+    from training.synthetic import synthetic_rankings
+
+    store.persist(synthetic_rankings(40, seed=4, source="user"))
+    usable = lambda rows: partition(rows, RewardConfig())[0]  # noqa: E731
+    # counted as rows, 40 new rankings would start a run; none of them may train an RM
+    assert reward_due(store, registry, 10).due
+    due = reward_due(store, registry, 10, usable)
+    assert not due.due and "only 0 new trainable rankings" in due.reason
+    assert reward_due(store, registry, 10,
+                      lambda rows: partition(rows, RewardConfig(
+                          train_on_user_feedback=True))[0]).due
