@@ -11,18 +11,24 @@ Judged the way InstructGPT judged policies, by what PPO did not optimise:
   (``judge_model``: a reward version, ``previous``, or by default the newest reward
   version trained with ``role: judge`` on rankings no optimised RM sees). A candidate that
   exploits a flaw of its RM (reward hacking) wins under that RM and not under the judge.
-* **Several samples per prompt and confidence intervals.** Both policies answer every
-  prompt ``samples_per_prompt`` times with the same seeds; answers are as long as the
-  candidate's own ``max_new_tokens`` unless set. Reward gain and win rate get a percentile
-  bootstrap interval over prompts (``confidence``); those gates pass only when the
-  interval's LOWER bound clears the threshold. The bounds are in gates.json.
+* **Paired samples, sequential tests.** Both policies answer every prompt
+  ``samples_per_prompt`` times with the same seeds; answers are as long as the
+  candidate's own ``max_new_tokens`` unless set, and an unfinished one is scored as PPO
+  scores it (minus its truncation penalty). The prompts are measured in
+  ``sequential_looks`` rounds; after each, reward gain and win rate are tested over the
+  prompts so far (:mod:`deploy.sequential`: α spending, Student-t bounds, futility) and
+  the evaluation stops once they are decided. gates.json records n, the interval and the
+  smallest detectable effect (docs/gates.md).
 
 Gates, each a pure function of the measurements with thresholds from ``GateSettings``:
 
 * ``reward_improvement`` (and ``judge_reward_improvement``): lower bound of
   mean_x[r(x, y_cand) − r(x, y_live)] ≥ min_reward_improvement.
 * ``win_rate`` (and ``judge_win_rate``): lower bound of the share of paired samples where
-  r(x, y_cand) > r(x, y_live), ties half, ≥ min_win_rate.
+  r(x, y_cand) > r(x, y_live), ties half, length effect regressed out
+  (``length_controlled``), ≥ min_win_rate.
+* ``diversity``: distinct-2 and self-repetition of the candidate's answers against its
+  SFT reference's, within ``max_diversity_drop`` / ``max_repetition_increase``.
 * ``kl``: KL(π_cand ‖ π_ref) ≈ mean over candidate samples of Σ_t log π_cand − log π_ref
   ≤ max_kl. The reference is the SFT version of the candidate's lineage (the one PPO's
   KL penalty used, recorded as ``reference`` in its manifest), so the budget bounds the

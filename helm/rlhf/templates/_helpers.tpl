@@ -317,6 +317,14 @@ RLHF_GATES__EVAL_PROMPT_FILE: {{ . | quote }}
 RLHF_GATES__TRAFFIC_SCAN: {{ $g.trafficScan | int64 | quote }}
 RLHF_GATES__SAMPLES_PER_PROMPT: {{ $g.samplesPerPrompt | int64 | quote }}
 RLHF_GATES__CONFIDENCE: {{ $g.confidence | quote }}
+RLHF_GATES__SEQUENTIAL_LOOKS: {{ $g.sequentialLooks | int64 | quote }}
+RLHF_GATES__POWER: {{ $g.power | quote }}
+RLHF_GATES__LENGTH_CONTROLLED: {{ $g.lengthControlled | quote }}
+{{- if not (kindIs "invalid" $g.unfinishedPenalty) }}
+RLHF_GATES__UNFINISHED_PENALTY: {{ $g.unfinishedPenalty | quote }}
+{{- end }}
+RLHF_GATES__MAX_DIVERSITY_DROP: {{ $g.maxDiversityDrop | quote }}
+RLHF_GATES__MAX_REPETITION_INCREASE: {{ $g.maxRepetitionIncrease | quote }}
 RLHF_GATES__BOOTSTRAP_RESAMPLES: {{ $g.bootstrapResamples | int64 | quote }}
 {{- with $g.judgeModel }}
 RLHF_GATES__JUDGE_MODEL: {{ . | quote }}
