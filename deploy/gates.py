@@ -27,6 +27,9 @@ Gates, each a pure function of the measurements with thresholds from ``GateSetti
 * ``win_rate`` (and ``judge_win_rate``): lower bound of the share of paired samples where
   r(x, y_cand) > r(x, y_live), ties half, length effect regressed out
   (``length_controlled``), ≥ min_win_rate.
+* ``alignment_tax``: LM loss on capability texts no recipe trains on (``capability_file``,
+  else the packaged corpus's held-out slice) may rise at most ``max_alignment_tax``
+  (relative) over the SFT reference's: what PPO-ptx is meant to protect, measured.
 * ``diversity``: distinct-2 and self-repetition of the candidate's answers against its
   SFT reference's, within ``max_diversity_drop`` / ``max_repetition_increase``.
 * ``kl``: KL(π_cand ‖ π_ref) ≈ mean over candidate samples of Σ_t log π_cand − log π_ref
@@ -353,6 +356,31 @@ def diversity_gate(cand_texts: Sequence[str], ref_texts: Sequence[str], max_drop
                 "candidate_repetition": c_r, "reference_repetition": r_r})
 
 
+def alignment_tax_gate(cand_loss: float, ref_loss: float, budget: float) -> GateResult:
+    """LM loss on the capability texts: (candidate − reference) / reference ≤ budget."""
+    tax = (cand_loss - ref_loss) / ref_loss if ref_loss > 0 else 0.0
+    passed = tax <= budget
+    return GateResult(
+        value=tax, threshold=budget, passed=passed,
+        reason=f"capability LM loss {cand_loss:.4f} vs SFT reference {ref_loss:.4f} "
+               f"nats/token: tax {tax:+.1%} {'≤' if passed else '>'} {budget:.0%}",
+        detail={"candidate_loss": cand_loss, "reference_loss": ref_loss})
+
+
+def capability_texts(settings: GateSettings) -> list[str]:
+    """The alignment tax's texts: the operator's file, else the packaged corpus's held-out
+    capability slice."""
+    if settings.capability_file is not None:
+        if not Path(settings.capability_file).is_file():
+            raise GateError(f"capability_file {settings.capability_file} does not exist")
+        lines = Path(settings.capability_file).read_text().splitlines()
+        return [ln.strip() for ln in lines if ln.strip()]
+    from training.datasets import split_corpus
+    from training.tiny_model import CORPUS
+
+    return split_corpus(CORPUS.read_text().splitlines())[1]
+
+
 def make_report(version: str, gates: dict[str, GateResult], **context: Any) -> GateReport:
     """The report of a set of gate results: passed iff every gate passed. ``failed`` names
     the gates that failed; a sequential gate left undecided because another one stopped
@@ -579,6 +607,14 @@ def evaluate(registry: Registry, version: str, settings: GateSettings,
     gates["diversity"] = diversity_gate(m.candidate.responses, m.reference_answers.responses,
                                         settings.max_diversity_drop,
                                         settings.max_repetition_increase)
+    if reference != version:
+        from deploy.measure import text_lm_loss
+
+        texts = capability_texts(settings)
+        gates["alignment_tax"] = alignment_tax_gate(
+            text_lm_loss(registry, version, texts, settings, 128),
+            text_lm_loss(registry, reference, texts, settings, 128),
+            settings.max_alignment_tax)
     gates.update(human_eval_gates(version, live, settings, store))
     used = len(m.candidate.prompts) // k
     return make_report(

@@ -111,6 +111,38 @@ def unfinished_scored(rewards: list[float], samples: Samples, penalty: float) ->
             for r, done in zip(rewards, samples.finished, strict=True)]
 
 
+def text_lm_loss(registry: Registry, version: str, texts: list[str], s: GateSettings,
+                 max_len: int) -> float:
+    """Token-weighted LM loss (nats/token) of ``version`` on plain ``texts`` (every token
+    scored, each text closed by EOS), loaded and released here."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.recipes.ppo import lm_examples
+    from training.reward_model import pad_batch
+
+    path = registry.path(version)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = model.to(s.device)  # type: ignore[arg-type]
+    model.eval()
+    seqs = [e["input_ids"] for e in lm_examples(tokenizer, texts, max_len)]
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(seqs), s.batch_size):
+            ids, mask = pad_batch(seqs[start:start + s.batch_size], tokenizer.pad_token_id)
+            labels = ids.masked_fill(mask == 0, -100)
+            n = int((labels[:, 1:] != -100).sum())
+            out = model(input_ids=ids.to(s.device), attention_mask=mask.to(s.device),
+                        labels=labels.to(s.device))
+            total += out.loss.item() * n
+            tokens += n
+    del model
+    if tokens == 0:
+        raise GateError(f"{version}: the capability texts have no tokens")
+    return total / tokens
+
+
 def heldout_lm_loss(registry: Registry, version: str, demos: list, s: GateSettings,
                     max_len: int) -> float:
     """Token-weighted LM loss (nats/token) of ``version`` on the response tokens of

@@ -82,6 +82,14 @@ class GateSettings(BaseModel):
     max_repetition_increase: float = Field(
         0.25, ge=0, le=1, description="Most rise of the share of answers that repeat a "
                                       "word 3-gram, candidate vs its SFT reference.")
+    max_alignment_tax: float = Field(
+        0.1, ge=0, description="Alignment-tax budget: most relative rise of the LM loss on "
+                               "the capability texts, candidate vs its SFT reference "
+                               "(0.1 = 10 % more nats/token).")
+    capability_file: Path | None = Field(
+        None, description="Capability texts held out from every recipe, one a line "
+                          "(pretraining-style text); None = the packaged corpus's held-out "
+                          "slice (training.datasets.CAPABILITY_SHARE).")
     bootstrap_resamples: int = Field(1000, ge=10, description="Bootstrap resamples (SFT "
                                                               "reward gate).")
     judge_model: str | None = Field(

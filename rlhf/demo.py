@@ -70,6 +70,22 @@ class DemoOptions:
         "RLHF_GATES__BATCH_SIZE": "64", "RLHF_GATES__BOOTSTRAP_RESAMPLES": "1000"})
 
 
+def demonstration_prompts(opts: DemoOptions) -> list[str]:
+    """The prompts the labelers demonstrate: the training prompts, repeated as needed."""
+    train = instruction_set().train
+    return (train * opts.demonstrations)[:opts.demonstrations]
+
+
+def trainable_demonstrations(opts: DemoOptions) -> int:
+    """How many of them may train SFT: those outside the gates' held-out slice (no recipe
+    trains on a gate prompt), the count the cycle waits for."""
+    from deploy.settings import GateSettings
+    from training.datasets import is_gate_prompt
+
+    share = GateSettings().holdout_share
+    return sum(not is_gate_prompt(p, share) for p in demonstration_prompts(opts))
+
+
 # -- the platform ----------------------------------------------------------------------------
 
 class Platform:
@@ -102,7 +118,7 @@ class Platform:
                **self.opts.gate_env, "RLHF_UP__HOME": str(self.home),
                "RLHF_UP__CONFIG_DIR": str(self.opts.config_dir.resolve()),
                "RLHF_UP__MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),
-               "RLHF_UP__MIN_NEW_DEMONSTRATIONS": str(self.opts.demonstrations),
+               "RLHF_UP__MIN_NEW_DEMONSTRATIONS": str(trainable_demonstrations(self.opts)),
                "RLHF_UP__TRAIN_EVERY_S": str(self.opts.train_every_s)}
         self.url = f"http://127.0.0.1:{ports['HTTP_PORT']}"
         self.deploy_url = f"http://127.0.0.1:{ports['DEPLOY_PORT']}"
@@ -257,7 +273,7 @@ def run(opts: DemoOptions) -> int:
         measure(first)
 
         # Step 1: demonstrations → the cycle's SFT → SFT gates → promotion.
-        n = labelers.demonstrate((tasks.train * opts.demonstrations)[:opts.demonstrations])
+        n = labelers.demonstrate(demonstration_prompts(opts))
         wait_for_rows(platform.database_url, "demonstration", n)
         sft = wait_for_sft(registry, opts.sft_timeout_s, platform.up)
         print(f"[{(time.monotonic() - t0) / 60:4.1f} min] SFT {sft.version} on "

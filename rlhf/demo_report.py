@@ -91,6 +91,8 @@ class Row:
     sample: str
     gate_detail: str = "-"  # the gates' deciding numbers with their confidence intervals
     reference: str | None = None  # the KL reference (the lineage's SFT) of a PPO version
+    tax: float | None = None  # alignment tax: relative capability-loss rise over the SFT
+    diversity_drop: float | None = None  # relative distinct-2 drop below the SFT's answers
 
 
 def data_used(registry: Registry, m: Manifest) -> str:
@@ -120,6 +122,12 @@ def kl_of(m: Manifest) -> float | None:
     return gate["value"] if gate else m.metrics.get("kl_to_ref")
 
 
+def gate_value(m: Manifest, name: str) -> float | None:
+    """The measured value of one PPO gate, if the gates ran it."""
+    g = m.gates.get("gates", {}).get(name)
+    return g["value"] if g else None
+
+
 def gate_summary(gates: dict) -> str:
     """The gates' deciding numbers in a few words, intervals included, e.g.
     ``Δr +0.41 [+0.12, +0.70], win 66% [55%, 77%]`` or ``loss 2.10 < 6.93``."""
@@ -136,7 +144,11 @@ def gate_summary(gates: dict) -> str:
             parts.append(f"{label} {g['value']:+.2f} [{g['lower']:+.2f}, {g['upper']:+.2f}]")
     g = results.get("win_rate")
     if g and g.get("lower") is not None:
-        parts.append(f"win {g['value']:.0%} [{g['lower']:.0%}, {g['upper']:.0%}]")
+        lc = g.get("detail", {}).get("length_controlled")
+        parts.append(f"win {g['value']:.0%}" + (f" (LC {lc:.0%})" if lc is not None else "")
+                     + f" [{g['lower']:.0%}, {g['upper']:.0%}]")
+    if g and g.get("n") is not None:
+        parts.append(f"{g['n']} prompts, look {g['look']}/{g['looks']}")
     failed = [n for n in gates.get("failed", []) if n not in ("lm_loss",)]
     if failed:
         parts.append("failed: " + ", ".join(failed))
@@ -173,7 +185,8 @@ def build_rows(registry: Registry, measured: dict[str, Measurement], first: str,
             data=data_used(registry, m), rm_accuracy=rm_accuracy(registry, m),
             hidden_score=got.mean, win_rate=win_rate(got.scores, measured[first].scores),
             rm_score=fmean(got.rm_scores) if got.rm_scores else None, kl=kl_of(m),
-            sample=got.responses[0]))
+            sample=got.responses[0], tax=gate_value(m, "alignment_tax"),
+            diversity_drop=gate_value(m, "diversity")))
     return rows
 
 
@@ -188,7 +201,7 @@ def print_table(rows: list[Row], reward_version: str | None) -> None:
     table = Table(title="Policies on held-out prompts (hidden rule: count of \"good\")")
     for name in ("version", "recipe", "state", "gates (90% intervals)", "live at",
                  "data used", "RM acc", "hidden score", "win vs first",
-                 f"RM score ({reward_version})", "KL to SFT"):
+                 f"RM score ({reward_version})", "KL to SFT", "tax", "distinct-2 drop"):
         table.add_column(name)
     for r in rows:
         at = "-" if r.live_at_s is None else f"{r.live_at_s / 60:.1f} min"
@@ -196,7 +209,8 @@ def print_table(rows: list[Row], reward_version: str | None) -> None:
         table.add_row(r.version, r.recipe, r.state, gates, at, r.data,
                       _num(r.rm_accuracy, ".0%"), f"{r.hidden_score:.2f}",
                       f"{r.win_rate:.0%}", _num(r.rm_score, "+.2f"),
-                      _num(r.kl, ".2f") + (f" ({r.reference})" if r.reference else ""))
+                      _num(r.kl, ".2f") + (f" ({r.reference})" if r.reference else ""),
+                      _num(r.tax, "+.1%"), _num(r.diversity_drop, "+.1%"))
     Console(width=240).print(table)
 
 

@@ -135,6 +135,10 @@ GATE_SALT = "gate"
 """Salt of the gate-prompt slice: PPO never trains on it; the deploy gates judge on it."""
 
 GOLD_SALT = "gold"
+CAPABILITY_SALT = "capability"
+CAPABILITY_SHARE = 0.1
+"""Share of the packaged corpus's lines held out from every recipe and every synthetic
+answer: the capability text the alignment-tax gate measures LM loss on."""
 """Salt of the gold rankings: no reward model trains on them; they measure its accuracy."""
 
 JUDGE_SALT = "judge"
@@ -144,3 +148,15 @@ JUDGE_SALT = "judge"
 def is_gate_prompt(prompt: str, share: float) -> bool:
     """True for prompts of the held-out gate slice (``share`` of all prompts)."""
     return in_slice(prompt, share, GATE_SALT)
+
+
+def is_capability_text(line: str) -> bool:
+    """Whether a corpus line belongs to the held-out capability slice."""
+    return in_slice(line, CAPABILITY_SHARE, CAPABILITY_SALT)
+
+
+def split_corpus(lines: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(training lines, capability lines) of a corpus: the capability slice never trains."""
+    kept = [ln for ln in lines if ln.strip()]
+    return ([ln for ln in kept if not is_capability_text(ln)],
+            [ln for ln in kept if is_capability_text(ln)])

@@ -12,6 +12,7 @@ import random
 import re
 
 from core.events import Demonstration, Ranking
+from training.datasets import split_corpus
 from training.tiny_model import CORPUS
 
 MARKER = "good"
@@ -23,7 +24,9 @@ def hidden_score(text: str, words: tuple[str, ...] = (MARKER,)) -> int:
 
 
 def corpus_sentences() -> list[str]:
-    lines = [ln.strip() for ln in CORPUS.read_text().splitlines() if ln.strip()]
+    """Corpus lines synthetic answers are made from: without the marker word, and without
+    the held-out capability slice (``training.datasets.split_corpus``)."""
+    lines = split_corpus([ln.strip() for ln in CORPUS.read_text().splitlines()])[0]
     return [ln for ln in lines if MARKER not in ln.lower()]
 
 

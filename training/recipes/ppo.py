@@ -61,6 +61,7 @@ from training.datasets import (
     normalise_prompt,
     sft_example,
     split_by_prompt,
+    split_corpus,
 )
 from training.formatting import render_prompt, stop_token_ids
 from training.lineage import accepted_reward, reference_of
@@ -285,7 +286,7 @@ def load_ptx(cfg: PPOConfig, store, data_mark: int, tokenizer) -> tuple[list[dic
         return [sft_example(tokenizer, d.prompt, d.response, cfg.max_len) for d in demos], \
             "demonstrations"
     if cfg.ptx_source == "corpus":
-        lines = [ln for ln in CORPUS.read_text().splitlines() if ln.strip()]
+        lines = split_corpus(CORPUS.read_text().splitlines())[0]  # capability slice held out
         return lm_examples(tokenizer, lines, cfg.max_len), "corpus"
     if cfg.ptx_file is None:
         raise TrainingDataError("ptx_coef > 0 needs pretraining data: set ptx_file (text or "

@@ -169,3 +169,20 @@ def test_diversity_gate_catches_answers_that_repeat_themselves():
     assert diversity_gate(varied, sft, 0.25, 0.25).passed
     hacked = diversity_gate(looping, sft, 0.25, 0.25)
     assert not hacked.passed and hacked.detail["candidate_repetition"] == 1.0
+
+
+def test_alignment_tax_is_the_relative_capability_loss_rise_over_the_sft():
+    from deploy.gates import alignment_tax_gate, capability_texts
+    from training.datasets import is_capability_text, split_corpus
+    from training.synthetic import corpus_sentences
+
+    g = alignment_tax_gate(3.3, 3.0, 0.1)
+    assert g.value == pytest.approx(0.1) and g.passed
+    assert not alignment_tax_gate(3.31, 3.0, 0.1).passed
+    assert alignment_tax_gate(2.5, 3.0, 0.1).value < 0  # better than the SFT: no tax
+    # the packaged capability texts are held out from every synthetic answer and from ptx
+    texts = capability_texts(GateSettings())
+    assert len(texts) > 50 and all(is_capability_text(t) for t in texts)
+    assert not set(texts) & set(corpus_sentences())
+    train, held = split_corpus(["a line", "", *texts])
+    assert held == texts and train == ["a line"]
