@@ -82,6 +82,11 @@ class GateSettings(BaseModel):
     max_repetition_increase: float = Field(
         0.25, ge=0, le=1, description="Most rise of the share of answers that repeat a "
                                       "word 3-gram, candidate vs its SFT reference.")
+    min_judge_ratio: float = Field(
+        0.25, ge=0, description="Over-optimisation check (with a judge RM): the judge's "
+                                "win-rate excess over 50 % must be at least this share of "
+                                "the optimised RM's; a candidate far better under the RM it "
+                                "optimised than under the held-out judge is refused.")
     max_alignment_tax: float = Field(
         0.1, ge=0, description="Alignment-tax budget: most relative rise of the LM loss on "
                                "the capability texts, candidate vs its SFT reference "

@@ -40,6 +40,10 @@ class VersionState(BaseModel):
     gates: str = Field(description="Gate status: passed, failed, not evaluated, "
                                    "rolled_back or swap_failed.")
     reasons: list[str] = Field(default_factory=list, description="Why gates failed.")
+    rm_disagreement: float | None = Field(
+        None, description="Win rate under the optimised RM minus under the held-out judge "
+                          "(the reward ensemble's disagreement on this candidate); None "
+                          "without a judge.")
 
 
 class DeployStatus(BaseModel):
@@ -70,7 +74,9 @@ def read_status(registry: Registry, replicas: list[ReplicaVersion] | None = None
         version=m.version, parent=m.parent, created_at=m.created_at,
         state="live" if live and m.version == live.version
         else "retired" if m.version in ever_live else "candidate",
-        gates=gate_status(m.gates), reasons=m.gates.get("reasons", []))
+        gates=gate_status(m.gates), reasons=m.gates.get("reasons", []),
+        rm_disagreement=m.gates.get("gates", {}).get("overoptimisation", {}).get(
+            "detail", {}).get("disagreement"))
         for m in registry.list("policy")]
     return DeployStatus(live=live.version if live else None,
                         live_since=live.changed_at if live else None,

@@ -93,6 +93,7 @@ class Row:
     reference: str | None = None  # the KL reference (the lineage's SFT) of a PPO version
     tax: float | None = None  # alignment tax: relative capability-loss rise over the SFT
     diversity_drop: float | None = None  # relative distinct-2 drop below the SFT's answers
+    rm_disagreement: float | None = None  # win rate under the optimised RM − under the judge
 
 
 def data_used(registry: Registry, m: Manifest) -> str:
@@ -186,7 +187,9 @@ def build_rows(registry: Registry, measured: dict[str, Measurement], first: str,
             hidden_score=got.mean, win_rate=win_rate(got.scores, measured[first].scores),
             rm_score=fmean(got.rm_scores) if got.rm_scores else None, kl=kl_of(m),
             sample=got.responses[0], tax=gate_value(m, "alignment_tax"),
-            diversity_drop=gate_value(m, "diversity")))
+            diversity_drop=gate_value(m, "diversity"),
+            rm_disagreement=m.gates.get("gates", {}).get("overoptimisation", {}).get(
+                "detail", {}).get("disagreement")))
     return rows
 
 
@@ -201,7 +204,8 @@ def print_table(rows: list[Row], reward_version: str | None) -> None:
     table = Table(title="Policies on held-out prompts (hidden rule: count of \"good\")")
     for name in ("version", "recipe", "state", "gates (90% intervals)", "live at",
                  "data used", "RM acc", "hidden score", "win vs first",
-                 f"RM score ({reward_version})", "KL to SFT", "tax", "distinct-2 drop"):
+                 f"RM score ({reward_version})", "KL to SFT", "tax", "distinct-2 drop",
+                 "RM vs judge"):
         table.add_column(name)
     for r in rows:
         at = "-" if r.live_at_s is None else f"{r.live_at_s / 60:.1f} min"
@@ -210,7 +214,8 @@ def print_table(rows: list[Row], reward_version: str | None) -> None:
                       _num(r.rm_accuracy, ".0%"), f"{r.hidden_score:.2f}",
                       f"{r.win_rate:.0%}", _num(r.rm_score, "+.2f"),
                       _num(r.kl, ".2f") + (f" ({r.reference})" if r.reference else ""),
-                      _num(r.tax, "+.1%"), _num(r.diversity_drop, "+.1%"))
+                      _num(r.tax, "+.1%"), _num(r.diversity_drop, "+.1%"),
+                      _num(r.rm_disagreement, "+.0%"))
     Console(width=240).print(table)
 
 

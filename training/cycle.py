@@ -229,11 +229,13 @@ def run_cycle(*, store, registry: Registry, min_new_rankings: int,
               train_sft: Callable[[], Manifest] | None = None,
               min_new_demonstrations: int = DEFAULT_MIN_NEW_DEMONSTRATIONS,
               train_on_user_feedback: bool = False, gate_holdout_share: float = 0.0,
-              usable_rankings: Callable[[list], list] | None = None) -> CycleResult:
+              usable_rankings: Callable[[list], list] | None = None,
+              train_judge: Callable[[], Manifest] | None = None) -> CycleResult:
     """Run the stages that are due, in order (SFT, reward, PPO); the trainers are called
     with no arguments. Without ``train_sft`` the SFT stage is skipped. Only data that can
     train counts towards a stage (``train_on_user_feedback``, ``gate_holdout_share``,
-    ``usable_rankings``)."""
+    ``usable_rankings``). With ``train_judge``, each reward run also trains a held-out
+    judge RM (the gates' judge; PPO never optimises it)."""
     result = CycleResult()
     with cycle_lock(registry) as acquired:
         if not acquired:
@@ -254,6 +256,11 @@ def run_cycle(*, store, registry: Registry, min_new_rankings: int,
             verdict = registry.get(rm.version).gates
             if verdict.get("kind") == "reward_quality":
                 result.reasons.append(f"reward gate: {rm.version} {verdict['reason']}")
+            if train_judge is not None:
+                judge = train_judge()
+                result.versions.append(judge.version)
+                result.reasons.append(f"judge: {judge.version} trained on the judge slice "
+                                      "(the gates' held-out judge; PPO never optimises it)")
         stage = ppo_due(registry)
         result.reasons.append(stage.reason)
         if stage.due:
@@ -306,6 +313,12 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
         rm_gate.gate(registry, store, manifest)
         return manifest
 
+    def train_judge() -> Manifest:
+        cfg = load_config(reward.RewardConfig, config_path("reward.yaml"), "reward.yaml",
+                          {"base": reward_base(registry, reward_init),
+                           **overrides.get("reward", {}), "role": "judge"})
+        return reward.train(cfg, store=store, registry=registry, kafka=kafka)
+
     def train_ppo() -> Manifest:
         latest = accepted_reward(registry)
         assert latest is not None  # ppo_due checked it
@@ -319,4 +332,6 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
                      min_new_demonstrations=min_new_demonstrations,
                      train_on_user_feedback=sft_cfg.train_on_user_feedback,
                      gate_holdout_share=sft_cfg.gate_holdout_share,
-                     usable_rankings=lambda rows: reward.partition(rows, reward_cfg)[0])
+                     usable_rankings=lambda rows: reward.partition(rows, reward_cfg)[0],
+                     train_judge=train_judge if (reward_cfg.judge_share > 0
+                                                 and reward_cfg.role == "optimised") else None)

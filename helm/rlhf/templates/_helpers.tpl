@@ -325,6 +325,11 @@ RLHF_GATES__UNFINISHED_PENALTY: {{ $g.unfinishedPenalty | quote }}
 {{- end }}
 RLHF_GATES__MAX_DIVERSITY_DROP: {{ $g.maxDiversityDrop | quote }}
 RLHF_GATES__MAX_REPETITION_INCREASE: {{ $g.maxRepetitionIncrease | quote }}
+RLHF_GATES__MIN_JUDGE_RATIO: {{ $g.minJudgeRatio | quote }}
+RLHF_GATES__MAX_ALIGNMENT_TAX: {{ $g.maxAlignmentTax | quote }}
+{{- with $g.capabilityFile }}
+RLHF_GATES__CAPABILITY_FILE: {{ . | quote }}
+{{- end }}
 RLHF_GATES__BOOTSTRAP_RESAMPLES: {{ $g.bootstrapResamples | int64 | quote }}
 {{- with $g.judgeModel }}
 RLHF_GATES__JUDGE_MODEL: {{ . | quote }}

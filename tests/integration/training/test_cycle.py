@@ -102,10 +102,13 @@ def test_due_cycle_trains_reward_then_ppo_and_the_rerun_does_nothing(store, regi
     config_dir = fast_configs(tmp_path)
     kafka = kafka_broker.kafka
     out = run_cycle(tmp_path, registry, config_dir=config_dir, kafka=kafka)
-    assert out["versions"] == ["reward-0001", "policy-0001"]
-    events = [json.loads(r.value) for r in read_topic(kafka, kafka.topics.policy, expected=2)]
+    # the optimised RM, the held-out judge (judge_share 0.2), PPO against the optimised one
+    assert out["versions"] == ["reward-0001", "reward-0002", "policy-0001"]
+    assert registry.get("reward-0002").config["role"] == "judge"
+    events = [json.loads(r.value) for r in read_topic(kafka, kafka.topics.policy, expected=3)]
     assert [(e["type"], e["kind"], e["version"]) for e in events] == [
-        ("candidate", "reward", "reward-0001"), ("candidate", "policy", "policy-0001")]
+        ("candidate", "reward", "reward-0001"), ("candidate", "reward", "reward-0002"),
+        ("candidate", "policy", "policy-0001")]
     rm, candidate = registry.get("reward-0001"), registry.get("policy-0001")
     assert rm.data_mark == 104 and rm.config["max_steps"] == 4
     assert candidate.parent == "policy-0000" and candidate.config["reward_model"] == "reward-0001"
@@ -114,8 +117,9 @@ def test_due_cycle_trains_reward_then_ppo_and_the_rerun_does_nothing(store, regi
 
     again = run_cycle(tmp_path, registry, config_dir=config_dir, kafka=kafka)
     assert again["versions"] == []
-    assert len(read_topic(kafka, kafka.topics.policy, expected=3, timeout=3)) == 2
-    assert [v.version for v in registry.list()] == ["policy-0000", "policy-0001", "reward-0001"]
+    assert len(read_topic(kafka, kafka.topics.policy, expected=4, timeout=3)) == 3
+    assert [v.version for v in registry.list()] == ["policy-0000", "policy-0001", "reward-0001",
+                                                    "reward-0002"]
     assert not list((registry.root / ".tmp").iterdir())  # no half-written version left
     shutil.rmtree(config_dir)
 

@@ -186,3 +186,20 @@ def test_alignment_tax_is_the_relative_capability_loss_rise_over_the_sft():
     assert not set(texts) & set(corpus_sentences())
     train, held = split_corpus(["a line", "", *texts])
     assert held == texts and train == ["a line"]
+
+
+def test_a_gain_the_held_out_judge_does_not_see_is_refused_as_over_optimised():
+    from deploy.gates import overoptimisation_gate
+
+    def scores(wins: int) -> tuple[list[float], list[float]]:  # (candidate, live) of 10 pairs
+        return [1.0] * wins + [0.0] * (10 - wins), [0.0] * wins + [1.0] * (10 - wins)
+
+    wins, even = scores(8), scores(5)
+    # optimised RM: 80 % wins; the judge: 50 % → it sees none of the gain
+    hacked = overoptimisation_gate(wins, even, 0.25)
+    assert not hacked.passed and hacked.value == pytest.approx(0.0)
+    assert hacked.detail["disagreement"] == pytest.approx(0.3) and "over-optimised" in hacked.reason
+    honest = overoptimisation_gate(wins, scores(7), 0.25)
+    assert honest.passed and honest.value == pytest.approx(2 / 3)
+    # no gain under the optimised RM: nothing to over-optimise, other gates decide
+    assert overoptimisation_gate(even, scores(2), 0.25).passed
