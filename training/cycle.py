@@ -327,11 +327,18 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
             **overrides.get("ppo", {})})
         return ppo.train(cfg, store=store, registry=registry, kafka=kafka, on_step=on_step)
 
+    with_judge = reward_cfg.judge_share > 0 and reward_cfg.role == "optimised"
+    judge_cfg = reward_cfg.model_copy(update={"role": "judge"})
+
+    def usable_rankings(rows: list) -> list:
+        """Rankings that can train the optimised RM, or the judge when one is trained."""
+        return reward.partition(rows, reward_cfg)[0] + (
+            reward.partition(rows, judge_cfg)[0] if with_judge else [])
+
     return run_cycle(store=store, registry=registry, min_new_rankings=min_new_rankings,
                      train_reward=train_reward, train_ppo=train_ppo, train_sft=train_sft,
                      min_new_demonstrations=min_new_demonstrations,
                      train_on_user_feedback=sft_cfg.train_on_user_feedback,
                      gate_holdout_share=sft_cfg.gate_holdout_share,
-                     usable_rankings=lambda rows: reward.partition(rows, reward_cfg)[0],
-                     train_judge=train_judge if (reward_cfg.judge_share > 0
-                                                 and reward_cfg.role == "optimised") else None)
+                     usable_rankings=usable_rankings,
+                     train_judge=train_judge if with_judge else None)
