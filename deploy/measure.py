@@ -6,7 +6,9 @@ policy needs memory for one policy (plus the reward model) rather than four.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from core.registry import Registry
 from deploy.errors import GateError
@@ -111,54 +113,20 @@ def unfinished_scored(rewards: list[float], samples: Samples, penalty: float) ->
             for r, done in zip(rewards, samples.finished, strict=True)]
 
 
-def text_lm_loss(registry: Registry, version: str, texts: list[str], s: GateSettings,
-                 max_len: int) -> float:
-    """Token-weighted LM loss (nats/token) of ``version`` on plain ``texts`` (every token
-    scored, each text closed by EOS), loaded and released here."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from training.recipes.ppo import lm_examples
-    from training.reward_model import pad_batch
-
-    path = registry.path(version)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model = model.to(s.device)  # type: ignore[arg-type]
-    model.eval()
-    seqs = [e["input_ids"] for e in lm_examples(tokenizer, texts, max_len)]
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(seqs), s.batch_size):
-            ids, mask = pad_batch(seqs[start:start + s.batch_size], tokenizer.pad_token_id)
-            labels = ids.masked_fill(mask == 0, -100)
-            n = int((labels[:, 1:] != -100).sum())
-            out = model(input_ids=ids.to(s.device), attention_mask=mask.to(s.device),
-                        labels=labels.to(s.device))
-            total += out.loss.item() * n
-            tokens += n
-    del model
-    if tokens == 0:
-        raise GateError(f"{version}: the capability texts have no tokens")
-    return total / tokens
-
-
-def heldout_lm_loss(registry: Registry, version: str, demos: list, s: GateSettings,
-                    max_len: int) -> float:
-    """Token-weighted LM loss (nats/token) of ``version`` on the response tokens of
-    ``demos`` (prompt tokens are not scored), as the SFT recipe measures its eval loss.
-    The model is loaded, used and released here (one model in memory at a time)."""
+def _lm_loss(registry: Registry, version: str, s: GateSettings,
+             make_examples: Callable[[Any], list[dict]], empty: str) -> float:
+    """Token-weighted LM loss (nats/token) of ``version`` on the examples (``input_ids``
+    and ``labels``, -100 = not scored) that ``make_examples(tokenizer)`` builds. The model
+    is loaded, used and released here (one model in memory at a time)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
-    from training.datasets import sft_example
-
     path = registry.path(version)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model = model.to(s.device)  # type: ignore[arg-type]
     model.eval()
-    examples = [sft_example(tokenizer, d.prompt, d.response, max_len) for d in demos]
+    examples = make_examples(tokenizer)
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -170,6 +138,27 @@ def heldout_lm_loss(registry: Registry, version: str, demos: list, s: GateSettin
             tokens += n
     del model
     if tokens == 0:
-        raise GateError(f"{version}: the held-out demonstrations have no response tokens "
-                        f"within max_len {max_len}")
+        raise GateError(f"{version}: {empty}")
     return total / tokens
+
+
+def text_lm_loss(registry: Registry, version: str, texts: list[str], s: GateSettings,
+                 max_len: int) -> float:
+    """LM loss of ``version`` on plain ``texts`` (every token scored, each closed by EOS)."""
+    from training.recipes.ppo import lm_examples
+
+    return _lm_loss(registry, version, s, lambda tok: lm_examples(tok, texts, max_len),
+                    "the capability texts have no tokens")
+
+
+def heldout_lm_loss(registry: Registry, version: str, demos: list, s: GateSettings,
+                    max_len: int) -> float:
+    """LM loss of ``version`` on the response tokens of ``demos`` (prompt tokens are not
+    scored), as the SFT recipe measures its eval loss."""
+    from training.datasets import sft_example
+
+    return _lm_loss(registry, version, s,
+                    lambda tok: [sft_example(tok, d.prompt, d.response, max_len)
+                                 for d in demos],
+                    f"the held-out demonstrations have no response tokens within max_len "
+                    f"{max_len}")
