@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from core.auth import KeyRing
 from core.registry import Registry
 from core.settings import KafkaSettings
+import deploy.rollout as rollout_module
 from deploy.api import create_app
 from deploy.controller import DeployController
 from deploy.settings import DeploySettings, RolloutSettings
@@ -280,24 +281,23 @@ def test_wrong_shapes_stop_the_rollout_on_the_previous_version(fleet):
         assert rollout_outcomes(client.get("/metrics").text) == {("failed", "swap_failed"): 1}
 
 
-def test_a_failed_swap_mid_rollout_restores_the_swapped_replicas(fleet):
+def test_a_failed_swap_mid_rollout_restores_the_swapped_replicas(fleet, monkeypatch):
     """r0 swaps; then the version's weights are damaged, so r1's verification fails:
     the rollout stops, r0 goes back, and the live pointer returns to the previous one."""
     controller = controller_for(fleet)
     weights = fleet.registry.path(SEED2) / "model.safetensors"
     original = weights.read_bytes()
-    stop = threading.Event()
+    swap_one = rollout_module._swap_one
 
-    def damage_after_r0_swapped() -> None:
-        while not stop.is_set():
-            if httpx.get(fleet.replicas["r0"].url + "/ready").json()[
-                    "policy_version"] == SEED2:
-                weights.write_bytes(original[:-64] + b"\0" * 64)
-                return
-            time.sleep(0.01)
+    async def damage_after_r0_swapped(watcher, publisher, replica, version, *args):
+        # the damage lands between r0's report and r1's swap event, never later (a
+        # thread polling r0's /ready once lost that race on a loaded CI machine)
+        step = await swap_one(watcher, publisher, replica, version, *args)
+        if replica == "r0" and version == SEED2 and step.ok:
+            weights.write_bytes(original[:-64] + b"\0" * 64)
+        return step
 
-    damager = threading.Thread(target=damage_after_r0_swapped)
-    damager.start()
+    monkeypatch.setattr(rollout_module, "_swap_one", damage_after_r0_swapped)
     try:
         with TestClient(create_app(controller, KeyRing(KEYS), consume_events=True)) as client:
             wait_fleet(client, SEED1)
@@ -320,8 +320,6 @@ def test_a_failed_swap_mid_rollout_restores_the_swapped_replicas(fleet):
             assert rollout_outcomes(client.get("/metrics").text) == {
                 ("failed", "swap_failed"): 1}
     finally:
-        stop.set()
-        damager.join()
         weights.write_bytes(original)
 
 
