@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,22 @@ class RunConfig(BaseModel):
                                      "the deploy gates: no recipe (SFT, reward, PPO) trains "
                                      "on them; must equal RLHF_GATES__HOLDOUT_SHARE.")
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Rows per forward/backward (episodes, sequences, ranked "
+                                "groups); gradients accumulate over a batch's micro-batches, "
+                                "weighted so the update equals the whole batch's. Memory "
+                                "follows this, not the batch. None = the whole batch at once.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute the trained models' activations in the backward pass "
+                           "(transformers' gradient checkpointing): less memory, ~30 % slower.")
+    logits_chunk_tokens: int = Field(
+        1024, ge=0, description="Positions whose vocabulary logits exist at once when "
+                                "computing log-probs and LM losses (training.logprobs); "
+                                "0 = the full (B, T, V) logits.")
+    frozen_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="dtype of the frozen models (PPO's reference and reward model; "
+                            "the reward model scoring SFT epochs): `auto` = the "
+                            "checkpoint's own dtype. The trained models stay fp32.")
     mixed_precision: str = Field("no", description="accelerate mixed precision: no|bf16|fp16.")
     cpu: bool | None = Field(
         None, description="Train on CPU processes (gloo); None = when no GPU is visible.")

@@ -84,10 +84,13 @@ class RewardModel(nn.Module):
         return cls(AutoModel.from_pretrained(path, dtype=torch.float32), head_seed=head_seed)
 
     @classmethod
-    def from_pretrained(cls, path: Path | str) -> RewardModel:
+    def from_pretrained(cls, path: Path | str, dtype: torch.dtype | str = torch.float32
+                        ) -> RewardModel:
+        """The saved reward model; ``dtype`` is the backbone's (``"auto"``: the
+        checkpoint's); the scalar head and bias stay fp32."""
         path = Path(path)
         info = json.loads((path / BIAS_FILE).read_text())
-        model = cls(AutoModel.from_pretrained(path, dtype=torch.float32),
+        model = cls(AutoModel.from_pretrained(path, dtype=dtype),
                     bias=info["bias"], bias_info=info)
         model.head.load_state_dict(load_file(path / HEAD_FILE))
         return model
@@ -103,7 +106,11 @@ class RewardModel(nn.Module):
         """(B, T) token ids → (B,) rewards, bias included."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask
                                ).last_hidden_state  # (B, T, H)
-        return self.head(last_token_hidden(hidden, attention_mask)).squeeze(-1) + self.bias
+        return self.score_hidden(last_token_hidden(hidden, attention_mask))
+
+    def score_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) backbone states → (...) rewards; the head runs in its own dtype (fp32)."""
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1) + self.bias
 
     def set_bias_from(self, raw_scores: torch.Tensor, source: str) -> float:
         """Set the bias so ``raw_scores`` (scored with bias 0) average 0; returns it."""

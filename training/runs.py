@@ -66,6 +66,25 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin)
 
 
+FROZEN_DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def frozen_dtype(cfg: RunConfig) -> torch.dtype | str:
+    """The ``dtype`` argument of ``from_pretrained`` for models that never train."""
+    return FROZEN_DTYPES[cfg.frozen_dtype]
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, cfg: RunConfig) -> bool:
+    """transformers' activation checkpointing (non-reentrant, so frozen inputs and peft
+    adapters work) on ``model`` when ``cfg.gradient_checkpointing``; True if enabled."""
+    if not cfg.gradient_checkpointing:
+        return False
+    model.gradient_checkpointing_enable(  # type: ignore[operator]
+        gradient_checkpointing_kwargs={"use_reentrant": False})
+    return True
+
+
 def cosine_optimizer(model: torch.nn.Module, cfg: Any, examples: int, per_step: int,
                      num_processes: int = 1):
     """AdamW with cosine decay to ``cfg.min_lr_ratio`` and no warm-up (InstructGPT's SFT and

@@ -24,6 +24,7 @@ Run: ``rlhf train ppo --config training/configs/ppo.yaml``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from pydantic import Field, model_validator
@@ -65,17 +65,14 @@ from training.datasets import (
 )
 from training.formatting import render_prompt, stop_token_ids
 from training.lineage import accepted_reward, reference_of
-from training.losses import (
-    entropy_from_logits,
-    masked_mean,
-    ppo_policy_loss,
-    ptx_loss,
-    value_loss,
-)
+from training.logprobs import DEFAULT_CHUNK_TOKENS, lm_loss_sum, micro_slices, token_logprobs
+from training.losses import masked_mean, ppo_policy_loss, value_loss
 from training.metrics import MetricsLog
 from training.reward_model import RewardModel, last_token_hidden, pad_batch
 from training.rollout import RolloutEngine, Sample
 from training.runs import (
+    enable_gradient_checkpointing,
+    frozen_dtype,
     make_accelerator,
     publish,
     resolve_base,
@@ -352,13 +349,21 @@ def pack_episodes(samples: Sequence[Sample], pad_id: int) -> Episodes:
 
 
 def response_logprobs(model, ep: Episodes, temperature: float = 1.0,
-                      with_entropy: bool = False):
-    """(B, R) log π of each response token (and (B, R) entropy when asked)."""
-    logits = model(input_ids=ep.input_ids, attention_mask=ep.attention_mask).logits[:, :-1]
-    index = ep.positions.unsqueeze(-1).expand(-1, -1, logits.size(-1))  # (B, R, V)
-    picked = logits.gather(1, index).float() / temperature  # (B, R, V)
-    logp = F.log_softmax(picked, dim=-1).gather(-1, ep.response_ids.unsqueeze(-1)).squeeze(-1)
-    return (logp, entropy_from_logits(picked)) if with_entropy else logp
+                      with_entropy: bool = False, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+    """(B, R) log π of each response token (and (B, R) entropy when asked), 0 on padding;
+    the vocabulary's logits exist only ``chunk_tokens`` positions at a time."""
+    out = token_logprobs(model, ep.input_ids, ep.attention_mask, ep.positions,
+                         ep.response_ids, ep.mask, temperature=temperature,
+                         with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+    return (out.logprobs, out.entropy) if with_entropy else out.logprobs
+
+
+def by_micro_batch(fn: Callable[[Episodes], torch.Tensor], ep: Episodes,
+                   micro_batch_size: int | None) -> torch.Tensor:
+    """``fn`` over row slices of ``ep``, concatenated: a forward of B rows in pieces."""
+    n = ep.input_ids.size(0)
+    return torch.cat([fn(ep.select(torch.arange(n)[part]))
+                      for part in micro_slices(n, micro_batch_size)])
 
 
 class ValueModel(nn.Module):
@@ -376,7 +381,7 @@ class ValueModel(nn.Module):
         hidden = self.rm.backbone(input_ids=input_ids, attention_mask=attention_mask
                                   ).last_hidden_state  # (B, L, H)
         index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, R, H)
-        return self.rm.head(hidden.gather(1, index)).squeeze(-1) + self.rm.bias  # (B, R)
+        return self.rm.score_hidden(hidden.gather(1, index))  # (B, R)
 
 
 def scored_sequence(sample: Sample, stop_ids: Sequence[int], truncation: str) -> list[int]:
@@ -412,8 +417,7 @@ def reward_scores(reward_model: RewardModel, samples: Sequence[Sample], stop_ids
     ids, mask = pad_batch(seqs, pad_id)
     hidden = reward_model.backbone(input_ids=ids.to(device), attention_mask=mask.to(device)
                                    ).last_hidden_state
-    last = last_token_hidden(hidden, mask.to(device))  # (B, H)
-    score = reward_model.head(last).squeeze(-1) + reward_model.bias
+    score = reward_model.score_hidden(last_token_hidden(hidden, mask.to(device)))  # (B,)
     return score + truncation_adjustment(samples, truncation, truncation_penalty).to(score)
 
 
@@ -480,11 +484,18 @@ def score_episodes(samples, policy, ref, value_model, reward_model, kl_coef: flo
                    cfg: PPOConfig, tokenizer, stop_ids: Sequence[int], device) -> Scored:
     """Reward, reference and old log-probs, values, then KL-penalised GAE advantages."""
     ep = pack_episodes(samples, tokenizer.pad_token_id).to(device)
-    score = reward_scores(reward_model, samples, stop_ids, tokenizer.pad_token_id, device,
-                          cfg.truncation, cfg.truncation_penalty)  # (B,)
-    old_logprobs = response_logprobs(policy, ep, cfg.temperature)  # (B, R)
-    ref_logprobs = response_logprobs(ref, ep, cfg.temperature)
-    old_values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
+    micro = cfg.micro_batch_size
+    score = torch.cat([reward_scores(reward_model, samples[part], stop_ids,
+                                     tokenizer.pad_token_id, device, cfg.truncation,
+                                     cfg.truncation_penalty)
+                       for part in micro_slices(len(samples), micro)])  # (B,)
+    chunk = cfg.logits_chunk_tokens
+    old_logprobs = by_micro_batch(
+        lambda e: response_logprobs(policy, e, cfg.temperature, chunk_tokens=chunk), ep, micro)
+    ref_logprobs = by_micro_batch(
+        lambda e: response_logprobs(ref, e, cfg.temperature, chunk_tokens=chunk), ep, micro)
+    old_values = by_micro_batch(
+        lambda e: value_model(e.input_ids, e.attention_mask, e.positions), ep, micro)
     rewards = kl_penalized_rewards(score, old_logprobs, ref_logprobs, ep.mask, kl_coef)
     advantages, returns = gae(rewards, old_values, ep.mask, gamma=1.0, lam=cfg.gae_lambda)
     engine_lp = torch.zeros_like(old_logprobs)
@@ -512,32 +523,64 @@ def update(batch: Scored, policy, value_model, optimizer, scheduler, ptx_iter, a
 
 def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter, accelerator,
                    cfg: PPOConfig) -> dict[str, float]:
-    """One optimiser step: clipped policy + clipped value loss, then the ptx LM loss."""
-    ep, mask = batch.ep.select(rows), batch.ep.mask[rows]
-    logprobs, entropy = response_logprobs(policy, ep, cfg.temperature, with_entropy=True)
-    values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
-    pl = ppo_policy_loss(logprobs, batch.old_logprobs[rows], batch.advantages[rows], mask,
-                         cfg.clip_eps)
-    vl = value_loss(values, batch.old_values[rows], batch.returns[rows], mask,
-                    cfg.value_clip_eps)
-    if ptx_iter is None:  # plain PPO (ptx_coef 0)
-        accelerator.backward(pl.loss + cfg.vf_coef * vl)
-        lm = torch.zeros(())
-    else:
-        # The policy's gradients are all-reduced once, in the ptx backward below.
-        with accelerator.no_sync(policy):
-            accelerator.backward(pl.loss + cfg.vf_coef * vl)
+    """One optimiser step: clipped policy + clipped value loss, then the ptx LM loss.
+
+    The minibatch runs in micro-batches of ``micro_batch_size`` episodes (and ptx
+    sequences), each backward weighted by its share of the minibatch's tokens, so the
+    gradient equals the whole minibatch's while memory follows the micro-batch. Gradients
+    are all-reduced once, on the last backward; the others run under ``no_sync``.
+    """
+    mask = batch.ep.mask[rows]
+    tokens = mask.sum().clamp(min=1)
+    parts = [rows[part] for part in micro_slices(len(rows), cfg.micro_batch_size)]
+    ptx = None
+    if ptx_iter is not None:
         ptx = {k: v.to(accelerator.device) for k, v in next(ptx_iter).items()}
-        lm = ptx_loss(policy(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]
-                             ).logits, ptx["labels"], cfg.ptx_coef)
-        accelerator.backward(lm)
+        ptx_parts = micro_slices(ptx["input_ids"].size(0), cfg.micro_batch_size)
+        ptx_tokens = max(int((ptx["labels"][:, 1:] != -100).sum()), 1)
+    backwards = len(parts) + (len(ptx_parts) if ptx is not None else 0)
+    sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "approx_kl",
+                          "entropy", "ptx_loss"), 0.0)
+    done = 0
+
+    def backward(loss: torch.Tensor, value_too: bool) -> None:
+        """DDP all-reduces a module's gradients on its last backward of the step only."""
+        nonlocal done
+        done += 1
+        policy_ctx = (contextlib.nullcontext() if done == backwards
+                      else accelerator.no_sync(policy))
+        value_ctx = (contextlib.nullcontext() if not value_too or done == len(parts)
+                     else accelerator.no_sync(value_model))
+        with policy_ctx, value_ctx:
+            accelerator.backward(loss)
+
+    for part in parts:
+        ep, m = batch.ep.select(part), batch.ep.mask[part]
+        share = m.sum() / tokens  # masked means over the part, weighted to the minibatch's
+        logprobs, entropy = response_logprobs(policy, ep, cfg.temperature, with_entropy=True,
+                                              chunk_tokens=cfg.logits_chunk_tokens)
+        values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
+        pl = ppo_policy_loss(logprobs, batch.old_logprobs[part], batch.advantages[part], m,
+                             cfg.clip_eps)
+        vl = value_loss(values, batch.old_values[part], batch.returns[part], m,
+                        cfg.value_clip_eps)
+        backward(share * (pl.loss + cfg.vf_coef * vl), value_too=True)
+        for k, v in (("policy_loss", pl.loss), ("value_loss", vl),
+                     ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
+                     ("entropy", masked_mean(entropy, m))):
+            sums[k] += (share * v).item()
+    if ptx is not None:  # γ · mean LM loss over the ptx batch's labelled tokens
+        for part in ptx_parts:
+            nll, _ = lm_loss_sum(policy, {k: v[part] for k, v in ptx.items()},
+                                 cfg.logits_chunk_tokens)
+            lm = cfg.ptx_coef * nll / ptx_tokens
+            backward(lm, value_too=False)
+            sums["ptx_loss"] += lm.item()
     accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
     accelerator.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad()
-    return {"policy_loss": pl.loss.item(), "value_loss": vl.item(),
-            "ptx_loss": lm.item(), "clip_fraction": pl.clip_fraction.item(),
-            "approx_kl": pl.approx_kl.item(), "entropy": masked_mean(entropy, mask).item()}
+    return sums
 
 
 def rollout_stats(batch: Scored, accelerator: Accelerator) -> dict[str, float]:
@@ -567,10 +610,16 @@ def evaluate(engine: RolloutEngine, prompts: list[str], prompt_ids, policy, ref,
     samples = [s if s.response_ids else Sample(s.prompt_ids, [0], [0.0], False)
                for s in samples]
     ep = pack_episodes(samples, tokenizer.pad_token_id).to(device)
-    score = reward_scores(reward_model, samples, stop_ids, tokenizer.pad_token_id, device,
-                          cfg.truncation, cfg.truncation_penalty)
-    kl = ((response_logprobs(policy, ep, cfg.temperature)
-           - response_logprobs(ref, ep, cfg.temperature)) * ep.mask).sum(1)
+    micro, chunk = cfg.micro_batch_size, cfg.logits_chunk_tokens
+    score = torch.cat([reward_scores(reward_model, samples[part], stop_ids,
+                                     tokenizer.pad_token_id, device, cfg.truncation,
+                                     cfg.truncation_penalty)
+                       for part in micro_slices(len(samples), micro)])
+    kl = by_micro_batch(lambda e: (response_logprobs(policy, e, cfg.temperature,
+                                                     chunk_tokens=chunk)
+                                   - response_logprobs(ref, e, cfg.temperature,
+                                                       chunk_tokens=chunk)).sum(1),
+                        ep, micro)
     rows = [{"prompt": p, "response": tokenizer.decode(s.response_ids, skip_special_tokens=True),
              "reward": r} for p, s, r in zip(prompts, samples, score.tolist(), strict=True)]
     return {"reward": score.mean().item(), "kl_to_ref": kl.mean().item(),
@@ -703,16 +752,17 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
     if cfg.lora is not None and cfg.fsdp:
         raise ValueError("lora with fsdp is not supported; set one of them")
     policy = AutoModelForCausalLM.from_pretrained(parent_path, dtype=torch.float32)
+    enable_gradient_checkpointing(policy, cfg)
     shared_ref = cfg.lora is not None and Path(ref_path).resolve() == Path(parent_path).resolve()
     if cfg.lora is not None:
         policy = lora.wrap(policy, cfg.lora)
     ref = None
     if not shared_ref:
-        ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=torch.float32
+        ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=frozen_dtype(cfg)
                                                    ).to(device).eval().requires_grad_(False)
         if ref.config.vocab_size != policy.config.vocab_size:
             raise ValueError(f"reference {reference} and {parent} do not share a vocabulary")
-    reward_model = RewardModel.from_pretrained(registry.path(rm_version)
+    reward_model = RewardModel.from_pretrained(registry.path(rm_version), frozen_dtype(cfg)
                                                ).to(device).eval().requires_grad_(False)
     if reward_model.backbone.config.vocab_size != policy.config.vocab_size:
         raise ValueError(f"{rm_version} and {parent} do not share a vocabulary")
@@ -721,6 +771,7 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         value_model, value_init = shared_value_model(reward_model), rm_version
     else:
         value_model = ValueModel(RewardModel.from_pretrained(value_path))
+        enable_gradient_checkpointing(value_model.rm.backbone, cfg)
     trainable, total = (sum(c) for c in zip(lora.trainable_count(policy),
                                             lora.trainable_count(value_model), strict=True))
     optimizer = torch.optim.AdamW([

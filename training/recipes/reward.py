@@ -14,6 +14,7 @@ Run: ``rlhf train reward --config training/configs/reward.yaml``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 import time
@@ -44,12 +45,14 @@ from training.datasets import (
     ranked_group,
     split_by_prompt,
 )
-from training.losses import kway_ranking_loss, pairwise_preferences
+from training.logprobs import micro_slices
+from training.losses import RankingLoss, kway_ranking_loss, pairwise_preferences
 from training.metrics import MetricsLog
 from training.reward_model import RewardModel, disable_dropout, score_pairs
 from training.runs import (
     Snapshot,
     cosine_optimizer,
+    enable_gradient_checkpointing,
     make_accelerator,
     publish,
     resolve_base,
@@ -151,6 +154,41 @@ def forward_groups(model, batch: dict[str, torch.Tensor]):
     return kway_ranking_loss(grouped, batch["ranks"], batch["group_mask"]), grouped
 
 
+def group_part(batch: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:
+    """The groups ``part`` of a ``collate_groups`` batch with only their responses (a
+    group's responses are contiguous rows, in group order)."""
+    mask, index = batch["group_mask"][part], batch["index"][part]
+    lo, hi = int(index[0, 0]), int(index[mask].max()) + 1
+    return {"input_ids": batch["input_ids"][lo:hi],
+            "attention_mask": batch["attention_mask"][lo:hi],
+            "index": (index - lo) * mask, "ranks": batch["ranks"][part], "group_mask": mask}
+
+
+def accumulate_ranking_loss(model, batch: dict[str, torch.Tensor], accelerator,
+                            micro_batch_size: int | None) -> RankingLoss:
+    """Backward of the batch's K-way loss ``micro_batch_size`` groups at a time.
+
+    The loss is a mean over the groups that have an untied pair, so each micro-batch's
+    loss is weighted by its share of those groups: the gradient equals the whole batch's.
+    DDP all-reduces on the last backward only. Returns the batch's loss, accuracy, pairs.
+    """
+    pairs = pairwise_preferences(batch["ranks"], batch["group_mask"]).sum((1, 2))  # (G,)
+    scored = int((pairs > 0).sum())
+    if scored == 0:
+        raise ValueError("kway_ranking_loss: batch has no untied pair (all ties or K<2)")
+    parts = [p for p in micro_slices(pairs.numel(), micro_batch_size) if pairs[p].sum() > 0]
+    loss = accuracy = 0.0
+    for i, part in enumerate(parts):
+        sync = contextlib.nullcontext() if i == len(parts) - 1 else accelerator.no_sync(model)
+        with sync:
+            out, _ = forward_groups(model, group_part(batch, part))
+            share = int((pairs[part] > 0).sum()) / scored
+            accelerator.backward(out.loss * share)
+        loss += out.loss.item() * share
+        accuracy += out.accuracy.item() * int(out.num_pairs) / int(pairs.sum())
+    return RankingLoss(torch.tensor(loss), torch.tensor(accuracy), pairs.sum())
+
+
 @torch.no_grad()
 def evaluate(model, loader, device) -> dict[str, float]:
     """Held-out loss and pairwise accuracy, overall and by K (``accuracy_k4`` …)."""
@@ -213,6 +251,7 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
 
     # 3. The base policy's transformer plus a scalar head; optimiser and schedule.
     model = RewardModel.from_causal_lm(base_path, head_seed=cfg.seed)
+    enable_gradient_checkpointing(model.backbone, cfg)
     if not cfg.dropout:
         disable_dropout(model)
     if cfg.lora is not None:
@@ -237,8 +276,7 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     model.train()
     for _epoch in range(cfg.epochs):
         for batch in train_loader:
-            out, _ = forward_groups(model, batch)
-            accelerator.backward(out.loss)
+            out = accumulate_ranking_loss(model, batch, accelerator, cfg.micro_batch_size)
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()

@@ -17,6 +17,7 @@ training.cli sft …`` for several processes).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -44,9 +45,11 @@ from training.datasets import (
     split_by_prompt,
 )
 from training.formatting import render_prompt, stop_token_ids
+from training.logprobs import DEFAULT_CHUNK_TOKENS, lm_loss_sum, micro_slices
 from training.metrics import MetricsLog
 from training.runs import (
     cosine_optimizer,
+    enable_gradient_checkpointing,
     make_accelerator,
     publish,
     resolve_base,
@@ -138,17 +141,39 @@ def epoch_scorer(registry: Registry, cfg: SFTConfig):
 
 
 @torch.no_grad()
-def heldout_loss(model, loader, accelerator) -> float:
+def heldout_loss(model, loader, accelerator, cfg: SFTConfig | None = None) -> float:
     """Token-weighted LM loss on the held-out demonstrations' response tokens."""
     model.eval()
     total, tokens = 0.0, 0
+    micro = cfg.micro_batch_size if cfg else None
+    chunk = cfg.logits_chunk_tokens if cfg else DEFAULT_CHUNK_TOKENS
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        total += model(**batch).loss.item() * n
-        tokens += n
+        for part in micro_slices(batch["input_ids"].size(0), micro):
+            nll, n = lm_loss_sum(model, {k: v[part] for k, v in batch.items()}, chunk)
+            total += nll.item()
+            tokens += n
     model.train()
     return total / max(tokens, 1)
+
+
+def accumulate_lm_loss(model, batch: dict[str, torch.Tensor], accelerator, cfg: SFTConfig
+                       ) -> float:
+    """Backward of the batch's mean LM loss, one micro-batch at a time (each weighted by
+    its share of the batch's labelled tokens; DDP all-reduces on the last only); returns
+    the loss."""
+    tokens = max(int((batch["labels"][:, 1:] != -100).sum()), 1)
+    parts = micro_slices(batch["input_ids"].size(0), cfg.micro_batch_size)
+    total = 0.0
+    for i, part in enumerate(parts):
+        sync = contextlib.nullcontext() if i == len(parts) - 1 else accelerator.no_sync(model)
+        with sync:
+            nll, _ = lm_loss_sum(model, {k: v[part] for k, v in batch.items()},
+                                 cfg.logits_chunk_tokens)
+            loss = nll / tokens
+            accelerator.backward(loss)
+        total += loss.item()
+    return total
 
 
 def train(cfg: SFTConfig, *, store, registry: Registry,
@@ -185,6 +210,7 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     eval_loader: DataLoader = DataLoader(eval_set, batch_size=per_process,  # type: ignore[arg-type]
                                          collate_fn=collate)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    enable_gradient_checkpointing(model, cfg)
     optimizer, scheduler, steps = cosine_optimizer(model, cfg, len(train_set), cfg.batch_size,
                                                    accelerator.num_processes)
     # Every process evaluates the whole held-out set, so eval_loader is not sharded.
@@ -195,7 +221,7 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     staging = Path(tempfile.mkdtemp(prefix="rlhf-sft-"))
     metrics = MetricsLog(staging / "metrics.jsonl", enabled=False)
     if eval_set:
-        metrics.log(0, "eval", loss=heldout_loss(model, eval_loader, accelerator))
+        metrics.log(0, "eval", loss=heldout_loss(model, eval_loader, accelerator, cfg))
     step, t_train = 0, time.monotonic()
     scorer = epoch_scorer(registry, cfg) if eval_rows else None
     select = [d.prompt for d in eval_rows[:cfg.select_prompts]]
@@ -220,22 +246,21 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     model.train()
     for epoch in range(1, cfg.epochs + 1):
         for batch in train_loader:
-            loss = model(**batch).loss
-            accelerator.backward(loss)
+            loss = accumulate_lm_loss(model, batch, accelerator, cfg)
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             step += 1
-            metrics.log(step, "train", loss=loss.item(), lr=scheduler.get_last_lr()[0])
+            metrics.log(step, "train", loss=loss, lr=scheduler.get_last_lr()[0])
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             if eval_set and cfg.eval_every and step % cfg.eval_every == 0:
-                metrics.log(step, "eval", loss=heldout_loss(model, eval_loader, accelerator))
+                metrics.log(step, "eval", loss=heldout_loss(model, eval_loader, accelerator, cfg))
             if step >= steps:
                 break
         if eval_set and not cfg.eval_every:
-            metrics.log(step, "eval", loss=heldout_loss(model, eval_loader, accelerator))
+            metrics.log(step, "eval", loss=heldout_loss(model, eval_loader, accelerator, cfg))
         select_epoch(epoch)
         if step >= steps:
             break
