@@ -44,7 +44,9 @@ class UpSettings(ProcessSettings):
     env_section = "UP"
 
     home: Path = Field(Path("rlhf-home"), description="Directory holding all local state.")
-    model: Path | None = Field(None, description="Base checkpoint; default: the tiny model.")
+    model: Path | None = Field(
+        None, description="Base checkpoint directory, or a built-in model: `tiny` (the "
+                          "default) or `small` (Qwen-shaped, real vocabulary).")
     http_port: int = Field(8000, ge=1, le=65535, description="OpenAI-compatible HTTP API port.")
     grpc_port: int = Field(50051, ge=1, le=65535, description="gRPC API port.")
     broker_port: int = Field(9092, ge=1, le=65535, description="Embedded broker port.")
@@ -96,6 +98,33 @@ class UpSettings(ProcessSettings):
         return named
 
 
+def _build_tiny(out: Path) -> Path:
+    from training.tiny_model import build_tiny_model
+
+    return build_tiny_model(out)
+
+
+def _build_small(out: Path) -> Path:
+    from training.small_model import build_small_model
+
+    return build_small_model(out)
+
+
+BUILTIN_MODELS = {"tiny": _build_tiny, "small": _build_small}
+"""``--model tiny`` (0.85M parameters, toy vocabulary: the default, the demo's) and
+``--model small`` (Qwen2-shaped, 41.8M, Qwen's 151,936-token vocabulary, bf16): built
+under ``<home>/models/<name>`` on first use. Random weights."""
+
+
+def builtin_model(model: Path | None) -> str | None:
+    """The built-in model ``--model`` names (None = tiny), or None for a checkpoint path."""
+    if model is None:
+        return "tiny"
+    if str(model) in BUILTIN_MODELS and not model.exists():
+        return str(model)
+    return None
+
+
 def prepare_home(s: UpSettings) -> dict[str, str]:
     """Create the home directory, the base policy, the store and the API keys once."""
     from core.registry import Registry
@@ -103,14 +132,12 @@ def prepare_home(s: UpSettings) -> dict[str, str]:
 
     home = s.home.resolve()
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    model = s.model
-    if model is None:
-        model = home / "models" / "tiny"
+    name = builtin_model(s.model)
+    model = home / "models" / name if name is not None else Path(s.model or ".")
+    if name is not None:
         if not (model / "config.json").exists():
-            from training.tiny_model import build_tiny_model
-
-            print(f"Building the tiny model in {model} (first run only)…", flush=True)
-            build_tiny_model(model)
+            print(f"Building the {name} model in {model} (first run only)…", flush=True)
+            BUILTIN_MODELS[name](model)
     registry = Registry(home / "registry")
     if registry.live_policy() is None:
         base = registry.register_base(Path(model))
@@ -224,7 +251,7 @@ def check_configs(s: UpSettings) -> list[str]:
     from training.preflight import check_recipe_configs
 
     problems = []
-    if s.model is not None and not (s.model / "config.json").is_file():
+    if builtin_model(s.model) is None and not (s.model / "config.json").is_file():  # type: ignore[operator]
         problems.append(f"--model (RLHF_UP__MODEL) {s.model} is not a checkpoint directory "
                         "(no config.json)")
     return problems + check_recipe_configs(s.recipe_dir())

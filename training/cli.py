@@ -25,6 +25,8 @@ ConfigOpt = typer.Option(None, "--config", help="Recipe YAML (default: <recipe>.
 DbOpt = typer.Option(None, "--database-url", help="Feedback store URL (RLHF_DATABASE__URL).")
 RegOpt = typer.Option(None, "--registry", help="Registry root (RLHF_REGISTRY__ROOT).")
 BaseOpt = typer.Option(None, "--base", help="Start from this version id or checkpoint dir.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the interrupted run of the same "
+                         "config from its last saved state (checkpoint_every), if any.")
 AnnounceOpt = typer.Option(True, "--announce/--no-announce",
                            help="Publish a candidate event on rlhf.policy, so the deploy "
                                 "controller gates it. Before any reward model exists the "
@@ -45,7 +47,7 @@ def _settings(database_url: str | None, registry: Path | None,
 
 
 def _run(recipe: str, config: Path | None, database_url: str | None, registry: Path | None,
-         base: str | None, announce: bool, **extra: str | None) -> None:
+         base: str | None, announce: bool, **extra: str | bool | None) -> None:
     from core.registry import Registry
     from feedback.store import FeedbackStore
     from training.config import load_config
@@ -88,20 +90,20 @@ def _run(recipe: str, config: Path | None, database_url: str | None, registry: P
 @train_app.command()
 def sft(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
         registry: Path | None = RegOpt, base: str | None = BaseOpt,
-        announce: bool = AnnounceOpt) -> None:
+        announce: bool = AnnounceOpt, resume: bool = ResumeOpt) -> None:
     """Supervised fine-tuning on demonstrations → a new policy version.
 
     The recipe is --config, else sft.yaml in RLHF_TRAIN__CONFIG_DIR, else the packaged one.
     """
-    _run("sft", config, database_url, registry, base, announce)
+    _run("sft", config, database_url, registry, base, announce, resume=resume)
 
 
 @train_app.command()
 def reward(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
            registry: Path | None = RegOpt, base: str | None = BaseOpt,
-           announce: bool = AnnounceOpt) -> None:
+           announce: bool = AnnounceOpt, resume: bool = ResumeOpt) -> None:
     """InstructGPT reward model on K-way rankings → a new reward version."""
-    _run("reward", config, database_url, registry, base, announce)
+    _run("reward", config, database_url, registry, base, announce, resume=resume)
 
 
 @train_app.command()

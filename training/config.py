@@ -44,7 +44,7 @@ class RunConfig(BaseModel):
         False, description="Recompute the trained models' activations in the backward pass "
                            "(transformers' gradient checkpointing): less memory, ~30 % slower.")
     logits_chunk_tokens: int = Field(
-        1024, ge=0, description="Positions whose vocabulary logits exist at once when "
+        256, ge=0, description="Positions whose vocabulary logits exist at once when "
                                 "computing log-probs and LM losses (training.logprobs); "
                                 "0 = the full (B, T, V) logits.")
     frozen_dtype: Literal["auto", "float32", "bfloat16"] = Field(
@@ -56,6 +56,13 @@ class RunConfig(BaseModel):
         None, description="Train on CPU processes (gloo); None = when no GPU is visible.")
     fsdp: bool = Field(False, description="Shard with FSDP instead of DDP (large models).")
     progress: bool = Field(True, description="Show tqdm progress bars.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a resumable state (weights, optimiser, scheduler, RNG, data "
+                             "position) every N updates under <registry>/checkpoints/; "
+                             "0 = never (training.checkpoint).")
+    resume: bool = Field(
+        False, description="Continue from the saved state of the same recipe and config, if "
+                           "one exists (`rlhf train <recipe> --resume`).")
 
 
 class LoraSettings(BaseModel):

@@ -9,7 +9,7 @@ the entropy), at a few positions (a response, labelled tokens).
 ``token_logprobs`` runs the model's ordinary forward (so DDP, FSDP, peft and gradient
 checkpointing wrap it as usual) with ``lm_head`` replaced, for that one call, by a head that
 gathers the wanted positions' hidden states and computes log-softmax over the vocabulary in
-chunks of ``chunk_tokens`` positions. Under autograd each chunk is checkpointed
+chunks of ``chunk_tokens`` positions (256 by default). Under autograd each chunk is checkpointed
 (``torch.utils.checkpoint``): only its (n, H) hidden states are kept, and its (n, V) logits
 are recomputed in the backward pass. Peak memory from the head is then chunk × V floats,
 whatever the batch and sequence length.
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK_TOKENS = 1024
+DEFAULT_CHUNK_TOKENS = 256
+"""With Qwen's vocabulary a chunk's fp32 logits, log-softmax and gradient are ~3 × 256 ×
+151,936 × 4 B ≈ 470 MB (1024: 1.9 GB, measured in benchmarks/memory.py)."""
 
 
 class TokenLogprobs(NamedTuple):

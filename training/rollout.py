@@ -154,14 +154,18 @@ class RolloutEngine:
 
     def __init__(self, model: Path | str, *, max_model_len: int, seed: int = 0,
                  max_num_seqs: int = 64, kv_cache_bytes: int = 256 << 20,
-                 dtype: str = "float32", gpu_memory_utilization: float = 0.3,
+                 dtype: str = "auto", gpu_memory_utilization: float = 0.3,
                  sync_bucket_mb: int | None = DEFAULT_BUCKET_MB,
-                 weight_transfer: str = "auto", sleep_mode: bool = False):
+                 weight_transfer: str = "auto", sleep_mode: bool = False,
+                 enforce_eager: bool | None = None):
         """``sync_bucket_mb``: largest bucket a sync sends (None/0 = the whole model in one
         message, the old path, kept for comparison). ``weight_transfer``: ``rpc``
         (collective_rpc, any platform), ``ipc`` (vLLM's CUDA IPC weight-transfer engine),
         ``auto`` = ipc when CUDA is available. ``sleep_mode``: let ``sleep``/``wake_up``
-        free the engine's GPU memory while the trainer updates (colocated engine)."""
+        free the engine's GPU memory while the trainer updates (colocated engine).
+        ``dtype``: the engine's (``auto`` = the checkpoint's, as ``vllm serve``); synced
+        weights are cast to it on the trainer side. ``enforce_eager``: None = eager on CPU,
+        CUDA graphs on a GPU."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -182,7 +186,9 @@ class RolloutEngine:
         self._thread.start()
         args = AsyncEngineArgs(
             model=str(model), dtype=dtype, max_model_len=max_model_len, seed=seed,  # type: ignore[arg-type]
-            max_num_seqs=max_num_seqs, enforce_eager=True,
+            max_num_seqs=max_num_seqs,
+            enforce_eager=(not torch.cuda.is_available() if enforce_eager is None
+                           else enforce_eager),
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=_kv_cache_bytes(kv_cache_bytes),
             worker_extension_cls=EXTENSION, disable_log_stats=True, **extra)
@@ -191,6 +197,7 @@ class RolloutEngine:
             return AsyncLLM.from_engine_args(args)
 
         self._llm = self._run(start())
+        self.weight_dtype: torch.dtype = self._llm.model_config.dtype
         self.sync_count = 0
         self.last_sync: dict[str, float] = {}
         self._ipc: IpcWeightTransfer | None = None
@@ -238,7 +245,8 @@ class RolloutEngine:
         ``last_sync`` records buckets, tensors and bytes sent.
         """
         t0 = time.perf_counter()
-        selected = select_changed(named, changed)
+        selected = ((n, t.to(self.weight_dtype) if t.is_floating_point() else t)
+                    for n, t in select_changed(named, changed))
         if self.transport == "ipc":
             stats = self._sync_ipc(selected)
         elif self.bucket_bytes is None:

@@ -52,9 +52,10 @@ class Snapshot:
     row_counts: dict[str, int] = field(default_factory=dict)
 
 
-def snapshot(store) -> Snapshot:
-    """Freeze the store's high-water mark so every read below sees the same data."""
-    mark = store.high_water_mark()
+def snapshot(store, mark: int | None = None) -> Snapshot:
+    """Freeze the store's high-water mark so every read below sees the same data; ``mark``:
+    an earlier one (a resumed run reads what the interrupted run read)."""
+    mark = store.high_water_mark() if mark is None else mark
     return Snapshot(mark, store.counts(until=mark))
 
 

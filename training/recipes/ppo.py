@@ -142,6 +142,11 @@ class PPOConfig(RunConfig):
     eval_max_prompts: int = Field(32, ge=1, description="Held-out prompts scored per eval.")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Prompts held out for eval.")
     kv_cache_mib: int = Field(256, ge=16, description="vLLM KV cache on CPUs (MiB).")
+    engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Rollout engine dtype: `auto` = the checkpoint's (bf16 for the "
+                            "small model, fp32 for the tiny one); synced weights are cast.")
+    engine_eager: bool | None = Field(
+        None, description="Rollout engine without CUDA graphs; None = eager on CPU only.")
     gpu_memory_utilization: float = Field(
         0.3, gt=0, le=1, description="GPU share the rollout engine may take.")
     sync_bucket_mb: int = Field(
@@ -170,6 +175,9 @@ class PPOConfig(RunConfig):
         if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must divide batch_size "
                              f"({self.batch_size}): each rollout is split into minibatches")
+        if self.checkpoint_every or self.resume:
+            raise ValueError("checkpoint_every/resume: not implemented for PPO yet (SFT and "
+                             "reward runs resume); a killed PPO run starts over")
         return self
 
     def unrunnable(self) -> list[str]:
@@ -685,7 +693,8 @@ def make_engine(path: Path, cfg: PPOConfig, accelerator: Accelerator) -> Rollout
                          kv_cache_bytes=cfg.kv_cache_mib << 20,
                          gpu_memory_utilization=cfg.gpu_memory_utilization,
                          sync_bucket_mb=cfg.sync_bucket_mb or None,
-                         weight_transfer=cfg.weight_transfer, sleep_mode=cfg.sleep_mode)
+                         weight_transfer=cfg.weight_transfer, sleep_mode=cfg.sleep_mode,
+                         dtype=cfg.engine_dtype, enforce_eager=cfg.engine_eager)
 
 
 def sync_engine(engine: RolloutEngine | None, policy, accelerator: Accelerator,

@@ -33,6 +33,7 @@ from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
 from feedback.store.store import PreferenceGroup
 from training import lora
+from training.checkpoint import Checkpointer, advance_epoch
 from training.config import LoraSettings, RunConfig
 from training.datasets import (
     GOLD_SALT,
@@ -233,8 +234,10 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     t0 = time.monotonic()
     accelerator = make_accelerator(cfg)
 
-    # 1. Snapshot the store and load the prompt groups (ties-only groups dropped).
-    snap = snapshot(store)
+    # 1. Snapshot the store and load the prompt groups (ties-only groups dropped); a
+    #    resumed run reads up to the interrupted run's mark.
+    ckpt = Checkpointer(registry, "reward", cfg, accelerator)
+    snap = snapshot(store, ckpt.data_mark)
     base_path, parent = resolve_base(registry, cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     groups, gold_groups = load_groups(store, snap, tokenizer, cfg)
@@ -273,9 +276,23 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
     step, comparisons, t_train = 0, 0, time.monotonic()
     bar = tqdm(total=steps, desc="reward",
                disable=not (cfg.progress and accelerator.is_main_process))
+    start_epoch, skip = 0, 0
+    resumed = ckpt.restore()
+    if resumed is not None:
+        step, comparisons = resumed["step"], resumed["comparisons"]
+        start_epoch, skip = resumed["epoch"], resumed["batch"]
+        metrics.records[:] = resumed["records"]
+        bar.update(step)
     model.train()
-    for _epoch in range(cfg.epochs):
-        for batch in train_loader:
+    for epoch in range(cfg.epochs):
+        if epoch < start_epoch:  # done before the interruption: only its data order
+            advance_epoch(train_loader)
+            continue
+        first = skip if epoch == start_epoch else 0
+        loader = accelerator.skip_first_batches(train_loader, first) if first else train_loader
+        for batch_in_epoch, batch in enumerate(loader, start=first + 1):
+            if step >= steps:
+                break
             out = accumulate_ranking_loss(model, batch, accelerator, cfg.micro_batch_size)
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -288,6 +305,9 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
             bar.set_postfix(loss=f"{out.loss.item():.3f}", acc=f"{out.accuracy.item():.2f}")
             if eval_groups and cfg.eval_every and step % cfg.eval_every == 0:
                 metrics.log(step, "eval", **evaluate(model, eval_loader, accelerator.device))
+            if ckpt.due(step) and step < steps:
+                ckpt.save(step, epoch=epoch, batch=batch_in_epoch, comparisons=comparisons,
+                          data_mark=snap.data_mark, records=metrics.records)
             if step >= steps:
                 break
         if eval_groups and not cfg.eval_every:
@@ -326,4 +346,5 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
         config={"recipe": "reward", **cfg.model_dump(mode="json")}, metrics=final,
         timing={"train_s": train_s, "total_s": time.monotonic() - t0},
         records=metrics.records, plot_keys=["loss", "accuracy"], kafka=kafka)
+    ckpt.finish()
     return shared_result(accelerator, registry, manifest, "reward", staging)

@@ -18,6 +18,7 @@ training.cli sft …`` for several processes).
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import (
@@ -36,6 +38,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
+from training.checkpoint import Checkpointer, advance_epoch
 from training.config import RunConfig
 from training.datasets import (
     TrainingDataError,
@@ -182,8 +185,10 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
     t0 = time.monotonic()
     accelerator = make_accelerator(cfg)
 
-    # 1. Snapshot the store: everything below reads up to this high-water mark.
-    snap = snapshot(store)
+    # 1. Snapshot the store: everything below reads up to this high-water mark (a resumed
+    #    run reads up to the interrupted run's mark).
+    ckpt = Checkpointer(registry, "sft", cfg, accelerator)
+    snap = snapshot(store, ckpt.data_mark)
     stored = store.demonstrations(until=snap.data_mark)
     demos = trainable(stored, cfg.train_on_user_feedback, cfg.gate_holdout_share)
     if not demos:
@@ -242,10 +247,40 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
             best = (reward, epoch, {k: v.detach().cpu().clone()
                                     for k, v in policy.state_dict().items()})
 
-    bar = tqdm(total=steps, desc="sft", disable=not (cfg.progress and accelerator.is_main_process))
+    start_epoch, skip = 1, 0
+    resumed = ckpt.restore()
+    if resumed is not None:
+        step, start_epoch, skip = resumed["step"], resumed["epoch"], resumed["batch"]
+        metrics.records[:] = resumed["records"]
+        if resumed.get("best") is not None:
+            best = (resumed["best"]["reward"], resumed["best"]["epoch"],
+                    load_file(ckpt.state / "best.safetensors"))
+
+    def save_checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        kept = None
+        if best is not None:
+            kept = {"reward": best[0], "epoch": best[1]}
+            if accelerator.is_main_process:
+                ckpt.dir.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in best[2].items()},
+                          ckpt.dir / "best.safetensors")
+        ckpt.save(step, epoch=epoch, batch=batch_in_epoch, data_mark=snap.data_mark,
+                  records=metrics.records, best=kept)
+        if best is not None and accelerator.is_main_process:
+            os.replace(ckpt.dir / "best.safetensors", ckpt.state / "best.safetensors")
+
+    bar = tqdm(total=steps, initial=step, desc="sft",
+               disable=not (cfg.progress and accelerator.is_main_process))
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        for batch in train_loader:
+        if epoch < start_epoch:  # done before the interruption: only its data order
+            advance_epoch(train_loader)
+            continue
+        first = skip if epoch == start_epoch else 0
+        loader = accelerator.skip_first_batches(train_loader, first) if first else train_loader
+        for batch_in_epoch, batch in enumerate(loader, start=first + 1):
+            if step >= steps:
+                break
             loss = accumulate_lm_loss(model, batch, accelerator, cfg)
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -257,6 +292,8 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
             bar.set_postfix(loss=f"{loss:.3f}")
             if eval_set and cfg.eval_every and step % cfg.eval_every == 0:
                 metrics.log(step, "eval", loss=heldout_loss(model, eval_loader, accelerator, cfg))
+            if ckpt.due(step) and step < steps:
+                save_checkpoint(epoch, batch_in_epoch)
             if step >= steps:
                 break
         if eval_set and not cfg.eval_every:
@@ -286,4 +323,5 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
         config={"recipe": "sft", **cfg.model_dump(mode="json")}, metrics=final,
         timing={"train_s": train_s, "total_s": time.monotonic() - t0},
         records=metrics.records, plot_keys=["loss"], kafka=kafka)
+    ckpt.finish()
     return shared_result(accelerator, registry, manifest, "policy", staging)
