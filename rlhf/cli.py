@@ -222,5 +222,15 @@ def model_tiny(out: Path = typer.Option(..., help="Directory to write the checkp
     typer.echo(build_sized_model(out, size, seed=seed))
 
 
+@model_app.command("small")
+def model_small(out: Path = typer.Option(..., help="Directory to write the checkpoint to."),
+                seed: int = typer.Option(0, help="Weights seed.")) -> None:
+    """Build the Qwen2-shaped checkpoint with Qwen's real vocabulary (41.8M params, bf16,
+    random weights: memory, speed and real-vocabulary tests; it does not speak)."""
+    from training.small_model import build_small_model
+
+    typer.echo(build_small_model(out, seed=seed))
+
+
 if __name__ == "__main__":
     app()
