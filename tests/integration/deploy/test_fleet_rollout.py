@@ -22,10 +22,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+import deploy.rollout as rollout_module
 from core.auth import KeyRing
 from core.registry import Registry
 from core.settings import KafkaSettings
-import deploy.rollout as rollout_module
 from deploy.api import create_app
 from deploy.controller import DeployController
 from deploy.settings import DeploySettings, RolloutSettings
