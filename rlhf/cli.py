@@ -117,8 +117,8 @@ def serve(
 @app.command()
 def up(home: Path = typer.Option(None, help="State directory (RLHF_UP__HOME; default "
                                  "./rlhf-home)."),
-       model: Path = typer.Option(None, help="Base checkpoint (RLHF_UP__MODEL; default: build "
-                                  "the tiny one)."),
+       model: Path = typer.Option(None, help="Base checkpoint directory, or `tiny` / `small` "
+                                  "to build a built-in one (RLHF_UP__MODEL; default tiny)."),
        port: int = typer.Option(None, help="HTTP port (RLHF_UP__HTTP_PORT; default 8000)."),
        grpc_port: int = typer.Option(None, help="gRPC port (RLHF_UP__GRPC_PORT; default 50051)."),
        broker_port: int = typer.Option(None, help="Embedded broker port (RLHF_UP__BROKER_PORT; "
