@@ -197,7 +197,10 @@ def demo(home: Path = typer.Option(Path("rlhf-demo"), help="State directory; a f
          config_dir: Path = typer.Option(None, help="Recipe YAMLs (sft, reward, ppo) of the "
                                          "platform it starts (default training/configs/demo)."),
          min_new_rankings: int = typer.Option(48, help="Rankings that make a reward model "
-                                              "due (for the platform it starts).")
+                                              "due (for the platform it starts)."),
+         model: str = typer.Option(None, help="Base model of the platform it starts: tiny "
+                                   "(default), small (Qwen-shaped, real vocabulary) or a "
+                                   "checkpoint directory.")
          ) -> None:
     """Simulated labelers rank the live policy's samples; show that it improves."""
     from rlhf.demo import DEMO_CONFIGS, DemoOptions, run
@@ -205,7 +208,7 @@ def demo(home: Path = typer.Option(Path("rlhf-demo"), help="State directory; a f
     raise typer.Exit(run(DemoOptions(
         home=home, budget_minutes=budget_minutes, url=url, deploy_url=deploy_url, out=out,
         stop_after_promotions=stop_after_promotions, config_dir=config_dir or DEMO_CONFIGS,
-        min_new_rankings=min_new_rankings)))
+        min_new_rankings=min_new_rankings, model=model)))
 
 
 @model_app.command("tiny")

@@ -49,6 +49,7 @@ class DemoOptions:
     deploy_url: str = "http://127.0.0.1:8300"
     out: Path | None = None  # PNG + JSON directory; None = <home>/demo
     config_dir: Path = DEMO_CONFIGS  # sft.yaml, reward.yaml, ppo.yaml
+    model: str | None = None  # base model of the platform it starts: tiny|small|a directory
     k: int = 4  # samples ranked per prompt
     max_tokens: int = 24
     prompts_per_round: int = 16
@@ -119,7 +120,8 @@ class Platform:
                "RLHF_UP__CONFIG_DIR": str(self.opts.config_dir.resolve()),
                "RLHF_UP__MIN_NEW_RANKINGS": str(self.opts.min_new_rankings),
                "RLHF_UP__MIN_NEW_DEMONSTRATIONS": str(trainable_demonstrations(self.opts)),
-               "RLHF_UP__TRAIN_EVERY_S": str(self.opts.train_every_s)}
+               "RLHF_UP__TRAIN_EVERY_S": str(self.opts.train_every_s),
+               **({"RLHF_UP__MODEL": self.opts.model} if self.opts.model else {})}
         self.url = f"http://127.0.0.1:{ports['HTTP_PORT']}"
         self.deploy_url = f"http://127.0.0.1:{ports['DEPLOY_PORT']}"
         self.workbench_url = f"http://127.0.0.1:{ports['WORKBENCH_PORT']}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import tempfile
 import time
@@ -39,6 +40,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from pydantic import Field, model_validator
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_constant_schedule_with_warmup
@@ -54,6 +56,7 @@ from training.advantages import (
     kl_penalized_rewards,
     whiten,
 )
+from training.checkpoint import Checkpointer
 from training.config import LoraSettings, RunConfig
 from training.datasets import (
     TrainingDataError,
@@ -175,9 +178,6 @@ class PPOConfig(RunConfig):
         if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must divide batch_size "
                              f"({self.batch_size}): each rollout is split into minibatches")
-        if self.checkpoint_every or self.resume:
-            raise ValueError("checkpoint_every/resume: not implemented for PPO yet (SFT and "
-                             "reward runs resume); a killed PPO run starts over")
         return self
 
     def unrunnable(self) -> list[str]:
@@ -736,8 +736,10 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
 
     # 1. Snapshot the store; parent policy, its lineage's reference, reward model, prompts
     #    of real traffic up to the prompt mark, ptx data.
-    snap = snapshot(store)
-    prompt_mark = store.completion_mark()
+    ckpt = Checkpointer(registry, "ppo", cfg, accelerator)
+    snap = snapshot(store, ckpt.data_mark)
+    prompt_mark = (store.completion_mark() if ckpt.progress is None
+                   else ckpt.progress["prompt_mark"])
     parent_path, parent = resolve_base(registry, cfg.base)
     ref_path, reference = resolve_reference(registry, cfg, parent_path, parent)
     rm_version = resolve_reward(registry, cfg.reward_model)
@@ -807,6 +809,7 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
     metrics = MetricsLog(staging / "metrics.jsonl", enabled=False)
     eval_ids = [encode_prompt(tokenizer, p, max_prompt_len) for p in eval_prompts]
     samples_log: dict[str, list[dict]] = {}
+    sync_s: list[float] = []
 
     def run_eval(step: int, name: str) -> None:
         if engine is None or not eval_prompts:
@@ -816,15 +819,43 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         metrics.log(step, "eval", **result)
         samples_log[name] = rows
 
-    run_eval(0, "parent")
+    # A resumed run loads the interrupted one's state (weights, optimiser, RNG, β, the
+    # prompt and ptx draws so far) and puts the restored weights into the engine.
+    start, rng = 0, random.Random(cfg.seed)
+    resumed = ckpt.restore()
+    if resumed is None:
+        run_eval(0, "parent")
+    else:
+        start, kl_ctl.value = resumed["step"], resumed["kl_coef"]
+        rng.setstate(_as_state(resumed["prompt_rng"]))
+        for _ in range(resumed["ptx_batches"]):
+            next(ptx_iter)  # type: ignore[arg-type]
+        metrics.records[:] = resumed["records"]
+        samples_log.update(resumed["samples"])
+        sync_s = resumed["sync_s"]
+        if ema is not None:
+            ema.shadow = load_file(ckpt.state / "ema.safetensors")
+        sync_engine(engine, policy, accelerator, cfg)
+    ptx_drawn = resumed["ptx_batches"] if resumed else 0
+
+    def save_checkpoint(step: int) -> None:
+        if ema is not None and accelerator.is_main_process:
+            ckpt.dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in ema.shadow.items()},
+                      ckpt.dir / "ema.safetensors")
+        ckpt.save(step, data_mark=snap.data_mark, prompt_mark=prompt_mark,
+                  kl_coef=kl_ctl.value, prompt_rng=rng.getstate(), ptx_batches=ptx_drawn,
+                  records=metrics.records, samples=samples_log, sync_s=sync_s)
+        if ema is not None and accelerator.is_main_process:
+            os.replace(ckpt.dir / "ema.safetensors", ckpt.state / "ema.safetensors")
 
     # 4. The PPO loop: sample, score, advantages, update, sync the engine, adapt β.
     steps = math.ceil(cfg.episodes / cfg.batch_size)
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    rng = random.Random(cfg.seed)
-    bar = tqdm(total=steps, desc="ppo", disable=not (cfg.progress and accelerator.is_main_process))
-    t_train, sync_s = time.monotonic(), []
-    for step in range(1, steps + 1):
+    bar = tqdm(total=steps, initial=start, desc="ppo",
+               disable=not (cfg.progress and accelerator.is_main_process))
+    t_train = time.monotonic()
+    for step in range(start + 1, steps + 1):
         batch_prompts = [rng.choice(train_prompts) for _ in range(cfg.batch_size)]
         prompt_ids = [encode_prompt(tokenizer, p, max_prompt_len) for p in batch_prompts]
         clock = [time.perf_counter()]
@@ -857,6 +888,8 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
                   "rollout_s": clock[1] - clock[0], "score_s": clock[2] - clock[1],
                   "update_s": clock[3] - clock[2]}
         kl_ctl.update(stats["kl_to_ref"], cfg.batch_size)
+        if ptx_iter is not None:
+            ptx_drawn += math.ceil(batch.score.size(0) / per_process) * cfg.ppo_epochs
         metrics.log(step, "train", **record)
         if on_step is not None and accelerator.is_main_process:
             on_step(record)
@@ -864,6 +897,8 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl_to_ref']:.3f}")
         if cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
             run_eval(step, f"step_{step}")
+        if ckpt.due(step) and step < steps:
+            save_checkpoint(step)
     bar.close()
     train_s = time.monotonic() - t_train
 
@@ -897,7 +932,14 @@ def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | N
         records=metrics.records,
         plot_keys=["reward_mean", "kl_to_ref", "entropy", "value_loss", "clip_fraction",
                    "weight_sync_s"], kafka=kafka)
+    ckpt.finish()
     return shared_result(accelerator, registry, manifest, "policy", staging)
+
+
+def _as_state(saved: list) -> tuple:
+    """``random.Random.getstate()`` back from its JSON form (lists for tuples)."""
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss
 
 
 def final_metrics(metrics: MetricsLog, sync_s: list[float], **extra: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ the uninterrupted run's to float rounding.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,3 +75,41 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(store, tiny_base, tmp_
     b = load_file(Registry(roots["killed"]).path(version) / "model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_a_killed_ppo_run_resumes_to_the_uninterrupted_result(store, tiny_base, tmp_path):
+    """PPO also restores β, the prompt and ptx draws and the engine's weights (synced from
+    the restored policy), and vLLM samples with per-step seeds: the same episodes follow."""
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    rm = yaml.safe_load((DEMO_CONFIG_DIR / "reward.yaml").read_text())
+    rm.update(max_len=48, progress=False, epochs=1)
+    (tmp_path / "reward.yaml").write_text(yaml.safe_dump(rm))
+    straight = tmp_path / "straight"
+    Registry(straight).register_base(tiny_base)
+    done = train("reward", tmp_path / "reward.yaml", db, straight)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+
+    cfg = yaml.safe_load((DEMO_CONFIG_DIR / "ppo.yaml").read_text())
+    cfg.update(progress=False, checkpoint_every=2, batch_size=8, minibatch_size=4,
+               episodes=56, max_new_tokens=12, eval_max_prompts=4, kl_target=1.0,
+               ema_decay=0.5)
+    config = tmp_path / "ppo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    done = train("ppo", config, db, straight)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = train("ppo", config, db, killed, kill_at=5)
+    assert first.returncode == -signal.SIGKILL
+    again = train("ppo", config, db, killed, resume=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    a, b = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (done, again))
+    assert a["version"] == b["version"] == "policy-0001"
+    assert a["metrics"]["steps"] == b["metrics"]["steps"] == 7
+    wa = load_file(Registry(straight).path("policy-0001") / "model.safetensors")
+    wb = load_file(Registry(killed).path("policy-0001") / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert b["metrics"]["train_reward_mean"] == pytest.approx(a["metrics"]["train_reward_mean"],
+                                                              abs=1e-5)
