@@ -11,6 +11,7 @@
 #    the trainer's; times the sync against the one-message RPC path, an in-place swap
 #    (reload_weights from disk) and sleep/wake_up;
 # 5. a short PPO (2 steps, synthetic feedback, SFT → RM → PPO with LoRA and without) on it;
+# 6. SFT and RM with FSDP (FULL_SHARD) and micro-batches through `python -m training.cli`;
 # prints GPU memory and times throughout. Exit status 0 = every check passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -139,4 +140,25 @@ for name, extra in (("full", {}), ("lora", {"lora": {"r": 16, "target_modules": 
     assert registry.verify(m.version) == []
 print("ppo checks passed")
 EOF
+
+# -- FSDP (FULL_SHARD, full state dict for saving) through the training CLI -------------
+# Not runnable on CPUs: accelerate switches to FSDP only from a multi-GPU distributed
+# type (with cpu: true it runs DDP). One process under torchrun on the lent GPU exercises
+# the wrapping, the micro-batched step and the gathered save; written here, not yet run.
+cat > "$WORK/fsdp-sft.yaml" <<'EOF'
+max_len: 128
+batch_size: 8
+micro_batch_size: 2
+max_steps: 3
+fsdp: true
+mixed_precision: bf16
+progress: false
+EOF
+sed 's/^batch_size: 8/groups_per_batch: 8/' "$WORK/fsdp-sft.yaml" > "$WORK/fsdp-reward.yaml"
+for recipe in sft reward; do
+  "$VENV/bin/python" -m torch.distributed.run --nproc_per_node 1 -m training.cli "$recipe" \
+    --config "$WORK/fsdp-$recipe.yaml" --database-url "sqlite:///$WORK/home/feedback.db" \
+    --registry "$WORK/home/registry" --no-announce | tail -1
+done
+echo "fsdp checks passed"
 echo "gpu_check: all checks passed"

@@ -56,8 +56,8 @@ class Checkpointer:
             if marker.is_file():
                 self.progress = json.loads(marker.read_text())
             else:
-                log.warning("resume: no saved state in %s; starting from the beginning",
-                            self.dir)
+                log.info("resume: no saved state in %s; starting from the beginning",
+                         self.dir)
 
     @property
     def data_mark(self) -> int | None:

@@ -111,9 +111,10 @@ def ppo(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
         registry: Path | None = RegOpt, base: str | None = BaseOpt,
         reward_model: str | None = typer.Option(
             None, "--reward-model", help="Reward version (default: the newest)."),
-        announce: bool = AnnounceOpt) -> None:
+        announce: bool = AnnounceOpt, resume: bool = ResumeOpt) -> None:
     """PPO-ptx against a reward model, rollouts on vLLM → a candidate policy version."""
-    _run("ppo", config, database_url, registry, base, announce, reward_model=reward_model)
+    _run("ppo", config, database_url, registry, base, announce, reward_model=reward_model,
+         resume=resume)
 
 
 @train_app.command()

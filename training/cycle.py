@@ -289,7 +289,10 @@ def cycle(*, store, registry: Registry, min_new_rankings: int, config_dir: Path 
     from training.config import load_config
     from training.recipes import ppo, reward, sft
 
-    overrides = overrides or {}
+    # After a restart a recipe continues from its saved state (checkpoint_every) when the
+    # same config's run was interrupted; otherwise resume is a no-op.
+    overrides = {k: {"resume": True, **(overrides or {}).get(k, {})}
+                 for k in ("sft", "reward", "ppo")}
 
     def config_path(name: str) -> Path | None:
         path = Path(config_dir) / name if config_dir else None

@@ -62,7 +62,9 @@ def snapshot(store, mark: int | None = None) -> Snapshot:
 def make_accelerator(cfg: RunConfig) -> Accelerator:
     """One process, DDP or FSDP, depending on how the script was launched and ``cfg``."""
     set_seed(cfg.seed)
-    plugin = FullyShardedDataParallelPlugin() if cfg.fsdp else None
+    # FULL_SHARD; the full state dict is gathered for saving (save_model)
+    plugin = FullyShardedDataParallelPlugin(
+        reshard_after_forward="FULL_SHARD", state_dict_type="FULL_STATE_DICT") if cfg.fsdp else None
     cpu = cfg.cpu if cfg.cpu is not None else not torch.cuda.is_available()
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin)
 

@@ -549,40 +549,42 @@ def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter
     backwards = len(parts) + (len(ptx_parts) if ptx is not None else 0)
     sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "approx_kl",
                           "entropy", "ptx_loss"), 0.0)
-    done = 0
 
-    def backward(loss: torch.Tensor, value_too: bool) -> None:
-        """DDP all-reduces a module's gradients on its last backward of the step only."""
-        nonlocal done
-        done += 1
-        policy_ctx = (contextlib.nullcontext() if done == backwards
-                      else accelerator.no_sync(policy))
-        value_ctx = (contextlib.nullcontext() if not value_too or done == len(parts)
-                     else accelerator.no_sync(value_model))
-        with policy_ctx, value_ctx:
-            accelerator.backward(loss)
+    def syncing(index: int, value_too: bool) -> contextlib.ExitStack:
+        """``no_sync`` for each module unless this (0-based) backward is its last of the
+        step. It must cover the forward too: DDP decides at forward time whether the
+        backward all-reduces."""
+        stack = contextlib.ExitStack()
+        if index != backwards - 1:
+            stack.enter_context(accelerator.no_sync(policy))
+        if value_too and index != len(parts) - 1:
+            stack.enter_context(accelerator.no_sync(value_model))
+        return stack
 
-    for part in parts:
+    for i, part in enumerate(parts):
         ep, m = batch.ep.select(part), batch.ep.mask[part]
         share = m.sum() / tokens  # masked means over the part, weighted to the minibatch's
-        logprobs, entropy = response_logprobs(policy, ep, cfg.temperature, with_entropy=True,
-                                              chunk_tokens=cfg.logits_chunk_tokens)
-        values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
-        pl = ppo_policy_loss(logprobs, batch.old_logprobs[part], batch.advantages[part], m,
-                             cfg.clip_eps)
-        vl = value_loss(values, batch.old_values[part], batch.returns[part], m,
-                        cfg.value_clip_eps)
-        backward(share * (pl.loss + cfg.vf_coef * vl), value_too=True)
+        with syncing(i, value_too=True):
+            logprobs, entropy = response_logprobs(policy, ep, cfg.temperature,
+                                                  with_entropy=True,
+                                                  chunk_tokens=cfg.logits_chunk_tokens)
+            values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
+            pl = ppo_policy_loss(logprobs, batch.old_logprobs[part], batch.advantages[part], m,
+                                 cfg.clip_eps)
+            vl = value_loss(values, batch.old_values[part], batch.returns[part], m,
+                            cfg.value_clip_eps)
+            accelerator.backward(share * (pl.loss + cfg.vf_coef * vl))
         for k, v in (("policy_loss", pl.loss), ("value_loss", vl),
                      ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
                      ("entropy", masked_mean(entropy, m))):
             sums[k] += (share * v).item()
     if ptx is not None:  # γ · mean LM loss over the ptx batch's labelled tokens
-        for part in ptx_parts:
-            nll, _ = lm_loss_sum(policy, {k: v[part] for k, v in ptx.items()},
-                                 cfg.logits_chunk_tokens)
-            lm = cfg.ptx_coef * nll / ptx_tokens
-            backward(lm, value_too=False)
+        for j, piece in enumerate(ptx_parts):
+            with syncing(len(parts) + j, value_too=False):
+                nll, _ = lm_loss_sum(policy, {k: v[piece] for k, v in ptx.items()},
+                                     cfg.logits_chunk_tokens)
+                lm = cfg.ptx_coef * nll / ptx_tokens
+                accelerator.backward(lm)
             sums["ptx_loss"] += lm.item()
     accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
     accelerator.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
@@ -726,214 +728,292 @@ def shared_value_model(reward_model: RewardModel) -> ValueModel:
 def train(cfg: PPOConfig, *, store, registry: Registry, kafka: KafkaSettings | None = None,
           on_step: Callable[[dict[str, float]], None] | None = None) -> Manifest:
     """PPO-ptx from the base policy against a reward model, KL-anchored to the lineage's
-    SFT version; returns the candidate version."""
-    t0 = time.monotonic()
-    accelerator = make_accelerator(cfg)
-    device = accelerator.device
-    if cfg.batch_size % accelerator.num_processes:
-        raise ValueError(f"batch_size {cfg.batch_size} must divide over "
-                         f"{accelerator.num_processes} processes")
+    SFT version; returns the candidate version (``PPORecipe``)."""
+    return PPORecipe(cfg, store=store, registry=registry, kafka=kafka, on_step=on_step).run()
 
-    # 1. Snapshot the store; parent policy, its lineage's reference, reward model, prompts
-    #    of real traffic up to the prompt mark, ptx data.
-    ckpt = Checkpointer(registry, "ppo", cfg, accelerator)
-    snap = snapshot(store, ckpt.data_mark)
-    prompt_mark = (store.completion_mark() if ckpt.progress is None
-                   else ckpt.progress["prompt_mark"])
-    parent_path, parent = resolve_base(registry, cfg.base)
-    ref_path, reference = resolve_reference(registry, cfg, parent_path, parent)
-    rm_version = resolve_reward(registry, cfg.reward_model)
-    tokenizer = AutoTokenizer.from_pretrained(parent_path)
-    stop_ids = stop_token_ids(parent_path, tokenizer)
-    prompts, prompt_source = load_prompts(store, cfg, prompt_mark)
-    train_prompts, eval_prompts = split_by_prompt(prompts, lambda p: p, cfg.eval_fraction,
-                                                  cfg.seed)
-    eval_prompts = eval_prompts[:cfg.eval_max_prompts]
-    max_prompt_len = cfg.max_len - cfg.max_new_tokens
-    ptx_examples, ptx_source = load_ptx(cfg, store, snap.data_mark, tokenizer)
-    per_process = max(cfg.minibatch_size // accelerator.num_processes, 1)
-    ptx_iter = ptx_batches(ptx_examples, max(round(cfg.ptx_ratio * per_process), 1),
-                           tokenizer.pad_token_id, cfg.seed + accelerator.process_index
-                           ) if ptx_examples else None
 
-    # 2. Models: the policy (trained), the frozen reference (the lineage's SFT version),
-    #    the frozen reward model, and the value model; one optimiser, constant LR.
-    #    With LoRA the policy is the parent plus adapters and, when the reference is the
-    #    parent itself, the reference is that same module with its adapters disabled.
-    if cfg.lora is not None and cfg.fsdp:
-        raise ValueError("lora with fsdp is not supported; set one of them")
-    policy = AutoModelForCausalLM.from_pretrained(parent_path, dtype=torch.float32)
-    enable_gradient_checkpointing(policy, cfg)
-    shared_ref = cfg.lora is not None and Path(ref_path).resolve() == Path(parent_path).resolve()
-    if cfg.lora is not None:
-        policy = lora.wrap(policy, cfg.lora)
-    ref = None
-    if not shared_ref:
-        ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=frozen_dtype(cfg)
-                                                   ).to(device).eval().requires_grad_(False)
-        if ref.config.vocab_size != policy.config.vocab_size:
-            raise ValueError(f"reference {reference} and {parent} do not share a vocabulary")
-    reward_model = RewardModel.from_pretrained(registry.path(rm_version), frozen_dtype(cfg)
-                                               ).to(device).eval().requires_grad_(False)
-    if reward_model.backbone.config.vocab_size != policy.config.vocab_size:
-        raise ValueError(f"{rm_version} and {parent} do not share a vocabulary")
-    value_path, value_init = value_start(registry, parent, rm_version, cfg.value_warm_start)
-    if cfg.value_backbone == "shared":
-        value_model, value_init = shared_value_model(reward_model), rm_version
-    else:
-        value_model = ValueModel(RewardModel.from_pretrained(value_path))
-        enable_gradient_checkpointing(value_model.rm.backbone, cfg)
-    trainable, total = (sum(c) for c in zip(lora.trainable_count(policy),
-                                            lora.trainable_count(value_model), strict=True))
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr},
-        {"params": [p for p in value_model.parameters() if p.requires_grad],
-         "lr": cfg.value_lr or cfg.lr}],
-        weight_decay=cfg.weight_decay)
-    # accelerate steps a prepared scheduler once per process per call (split_batches=False),
-    # so its warm-up is counted in process-steps.
-    scheduler = get_constant_schedule_with_warmup(
-        optimizer, cfg.warmup_steps * accelerator.num_processes)
-    policy, value_model, optimizer, scheduler = accelerator.prepare(
-        policy, value_model, optimizer, scheduler)
-    if ref is None:
-        ref = lora.AdaptersDisabled(accelerator.unwrap_model(policy))
-    ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay else None
-    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-              if cfg.kl_target else FixedKLController(cfg.kl_coef))
+class PPORecipe:
+    """One PPO run as steps that read top to bottom, as torchtune's recipes do.
 
-    # 3. The rollout engine (vLLM, the server's engine class) on the parent's weights, and
-    #    the parent's held-out score to beat.
-    engine = make_engine(parent_path, cfg, accelerator)
-    staging = Path(tempfile.mkdtemp(prefix="rlhf-ppo-"))
-    metrics = MetricsLog(staging / "metrics.jsonl", enabled=False)
-    eval_ids = [encode_prompt(tokenizer, p, max_prompt_len) for p in eval_prompts]
-    samples_log: dict[str, list[dict]] = {}
-    sync_s: list[float] = []
+    ``run`` = ``load_data`` → ``load_models`` → ``start_engine`` → ``restore`` (a resumed
+    run) or ``evaluate`` the parent → for each iteration ``iteration``: ``rollout`` →
+    ``score`` → ``update`` (PPO + value + ptx, micro-batched) → ``sync`` the engine →
+    ``log`` → ``evaluate`` / ``save_checkpoint`` when due → ``finish`` (EMA, final eval) →
+    ``publish``. The tensor work of each step is a module-level function (``rollout``,
+    ``score_episodes``, ``update``, ``minibatch_step``, ``evaluate``) with its own tests.
+    """
 
-    def run_eval(step: int, name: str) -> None:
-        if engine is None or not eval_prompts:
+    def __init__(self, cfg: PPOConfig, *, store, registry: Registry,
+                 kafka: KafkaSettings | None = None,
+                 on_step: Callable[[dict[str, float]], None] | None = None):
+        self.t0 = time.monotonic()
+        self.cfg, self.store, self.registry, self.kafka, self.on_step = (
+            cfg, store, registry, kafka, on_step)
+        self.accelerator = make_accelerator(cfg)
+        self.device = self.accelerator.device
+        if cfg.batch_size % self.accelerator.num_processes:
+            raise ValueError(f"batch_size {cfg.batch_size} must divide over "
+                             f"{self.accelerator.num_processes} processes")
+        if cfg.lora is not None and cfg.fsdp:
+            raise ValueError("lora with fsdp is not supported; set one of them")
+        self.ckpt = Checkpointer(registry, "ppo", cfg, self.accelerator)
+        self.steps = math.ceil(cfg.episodes / cfg.batch_size)
+        self.steps = min(self.steps, cfg.max_steps) if cfg.max_steps else self.steps
+        self.staging = Path(tempfile.mkdtemp(prefix="rlhf-ppo-"))
+        self.metrics = MetricsLog(self.staging / "metrics.jsonl", enabled=False)
+        self.samples_log: dict[str, list[dict]] = {}
+        self.sync_s: list[float] = []
+        self.rng = random.Random(cfg.seed)  # draws each iteration's prompts
+        self.ptx_drawn = 0  # ptx batches taken so far (a resumed run skips as many)
+
+    def run(self) -> Manifest:
+        self.load_data()
+        self.load_models()
+        self.start_engine()
+        start = self.restore()
+        if start == 0:
+            self.evaluate(0, "parent")  # the parent's held-out score to beat
+        bar = tqdm(total=self.steps, initial=start, desc="ppo",
+                   disable=not (self.cfg.progress and self.accelerator.is_main_process))
+        t_train = time.monotonic()
+        for step in range(start + 1, self.steps + 1):
+            stats = self.iteration(step)
+            bar.update()
+            bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl_to_ref']:.3f}")
+        bar.close()
+        train_s = time.monotonic() - t_train
+        self.finish()
+        return self.publish(train_s)
+
+    # -- 1. data: a snapshot of the store, prompts of real traffic, ptx text -----------------
+
+    def load_data(self) -> None:
+        """Snapshot the store (a resumed run: the interrupted run's marks); the parent, its
+        lineage's reference and the reward model; prompts up to the prompt mark; ptx data."""
+        cfg, store, registry, acc = self.cfg, self.store, self.registry, self.accelerator
+        saved = self.ckpt.progress
+        self.snap = snapshot(store, self.ckpt.data_mark)
+        self.prompt_mark = store.completion_mark() if saved is None else saved["prompt_mark"]
+        self.parent_path, self.parent = resolve_base(registry, cfg.base)
+        self.ref_path, self.reference = resolve_reference(registry, cfg, self.parent_path,
+                                                          self.parent)
+        self.rm_version = (resolve_reward(registry, cfg.reward_model) if saved is None
+                           else saved["reward_model"])  # the interrupted run's
+        self.tokenizer = AutoTokenizer.from_pretrained(self.parent_path)
+        self.stop_ids = stop_token_ids(self.parent_path, self.tokenizer)
+        prompts, self.prompt_source = load_prompts(store, cfg, self.prompt_mark)
+        self.train_prompts, eval_prompts = split_by_prompt(prompts, lambda p: p,
+                                                           cfg.eval_fraction, cfg.seed)
+        self.eval_prompts = eval_prompts[:cfg.eval_max_prompts]
+        self.max_prompt_len = cfg.max_len - cfg.max_new_tokens
+        self.eval_ids = [encode_prompt(self.tokenizer, p, self.max_prompt_len)
+                         for p in self.eval_prompts]
+        ptx_examples, self.ptx_source = load_ptx(cfg, store, self.snap.data_mark,
+                                                 self.tokenizer)
+        self.per_process = max(cfg.minibatch_size // acc.num_processes, 1)
+        self.ptx_iter = ptx_batches(
+            ptx_examples, max(round(cfg.ptx_ratio * self.per_process), 1),
+            self.tokenizer.pad_token_id, cfg.seed + acc.process_index) if ptx_examples else None
+
+    # -- 2. models: policy, reference, reward, value; optimiser --------------------------------
+
+    def load_models(self) -> None:
+        """The policy (trained, fp32), the frozen reference (the lineage's SFT version) and
+        reward model (``frozen_dtype``), the value model; one optimiser, constant LR. With
+        LoRA the policy is the parent plus adapters and, when the reference is the parent
+        itself, the reference is that same module with its adapters disabled."""
+        cfg, acc, device = self.cfg, self.accelerator, self.device
+        policy = AutoModelForCausalLM.from_pretrained(self.parent_path, dtype=torch.float32)
+        enable_gradient_checkpointing(policy, cfg)
+        shared_ref = (cfg.lora is not None
+                      and Path(self.ref_path).resolve() == Path(self.parent_path).resolve())
+        if cfg.lora is not None:
+            policy = lora.wrap(policy, cfg.lora)
+        ref = None
+        if not shared_ref:
+            ref = AutoModelForCausalLM.from_pretrained(self.ref_path, dtype=frozen_dtype(cfg)
+                                                       ).to(device).eval().requires_grad_(False)
+            if ref.config.vocab_size != policy.config.vocab_size:
+                raise ValueError(f"reference {self.reference} and {self.parent} do not share "
+                                 "a vocabulary")
+        self.reward_model = RewardModel.from_pretrained(
+            self.registry.path(self.rm_version), frozen_dtype(cfg)
+        ).to(device).eval().requires_grad_(False)
+        if self.reward_model.backbone.config.vocab_size != policy.config.vocab_size:
+            raise ValueError(f"{self.rm_version} and {self.parent} do not share a vocabulary")
+        value_path, self.value_init = value_start(self.registry, self.parent, self.rm_version,
+                                                  cfg.value_warm_start)
+        if cfg.value_backbone == "shared":
+            value_model, self.value_init = shared_value_model(self.reward_model), self.rm_version
+        else:
+            value_model = ValueModel(RewardModel.from_pretrained(value_path))
+            enable_gradient_checkpointing(value_model.rm.backbone, cfg)
+        self.trainable, self.total = (sum(c) for c in zip(
+            lora.trainable_count(policy), lora.trainable_count(value_model), strict=True))
+        optimizer = torch.optim.AdamW([
+            {"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr},
+            {"params": [p for p in value_model.parameters() if p.requires_grad],
+             "lr": cfg.value_lr or cfg.lr}],
+            weight_decay=cfg.weight_decay)
+        # accelerate steps a prepared scheduler once per process per call
+        # (split_batches=False), so its warm-up is counted in process-steps.
+        scheduler = get_constant_schedule_with_warmup(
+            optimizer, cfg.warmup_steps * acc.num_processes)
+        self.policy, self.value_model, self.optimizer, self.scheduler = acc.prepare(
+            policy, value_model, optimizer, scheduler)
+        self.ref = ref if ref is not None else lora.AdaptersDisabled(
+            acc.unwrap_model(self.policy))
+        self.ema = EMA(acc.unwrap_model(self.policy), cfg.ema_decay) if cfg.ema_decay else None
+        self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+                       if cfg.kl_target else FixedKLController(cfg.kl_coef))
+
+    # -- 3. the rollout engine (vLLM, the server's engine class) on the parent's weights -----
+
+    def start_engine(self) -> None:
+        self.engine = make_engine(self.parent_path, self.cfg, self.accelerator)
+
+    def evaluate(self, step: int, name: str) -> None:
+        """Reward and KL of seeded samples on the held-out prompts, logged as ``eval``."""
+        if self.engine is None or not self.eval_prompts:
             return
-        result, rows = evaluate(engine, eval_prompts, eval_ids, accelerator.unwrap_model(policy),
-                                ref, reward_model, tokenizer, stop_ids, cfg, device)
-        metrics.log(step, "eval", **result)
-        samples_log[name] = rows
+        result, rows = evaluate(self.engine, self.eval_prompts, self.eval_ids,
+                                self.accelerator.unwrap_model(self.policy), self.ref,
+                                self.reward_model, self.tokenizer, self.stop_ids, self.cfg,
+                                self.device)
+        self.metrics.log(step, "eval", **result)
+        self.samples_log[name] = rows
 
-    # A resumed run loads the interrupted one's state (weights, optimiser, RNG, β, the
-    # prompt and ptx draws so far) and puts the restored weights into the engine.
-    start, rng = 0, random.Random(cfg.seed)
-    resumed = ckpt.restore()
-    if resumed is None:
-        run_eval(0, "parent")
-    else:
-        start, kl_ctl.value = resumed["step"], resumed["kl_coef"]
-        rng.setstate(_as_state(resumed["prompt_rng"]))
-        for _ in range(resumed["ptx_batches"]):
-            next(ptx_iter)  # type: ignore[arg-type]
-        metrics.records[:] = resumed["records"]
-        samples_log.update(resumed["samples"])
-        sync_s = resumed["sync_s"]
-        if ema is not None:
-            ema.shadow = load_file(ckpt.state / "ema.safetensors")
-        sync_engine(engine, policy, accelerator, cfg)
-    ptx_drawn = resumed["ptx_batches"] if resumed else 0
+    # -- checkpoint and resume -------------------------------------------------------------
 
-    def save_checkpoint(step: int) -> None:
-        if ema is not None and accelerator.is_main_process:
+    def restore(self) -> int:
+        """Load an interrupted run's state (weights, optimiser, RNG, β, the prompt and ptx
+        draws so far, EMA), put the restored weights into the engine; the step to start
+        after (0 = a fresh run)."""
+        resumed = self.ckpt.restore()
+        if resumed is None:
+            return 0
+        self.kl_ctl.value = resumed["kl_coef"]
+        self.rng.setstate(_as_state(resumed["prompt_rng"]))
+        self.ptx_drawn = resumed["ptx_batches"]
+        for _ in range(self.ptx_drawn):
+            next(self.ptx_iter)  # type: ignore[arg-type]
+        self.metrics.records[:] = resumed["records"]
+        self.samples_log.update(resumed["samples"])
+        self.sync_s = resumed["sync_s"]
+        if self.ema is not None:
+            self.ema.shadow = load_file(self.ckpt.state / "ema.safetensors")
+        sync_engine(self.engine, self.policy, self.accelerator, self.cfg)
+        return int(resumed["step"])
+
+    def save_checkpoint(self, step: int) -> None:
+        ckpt, main = self.ckpt, self.accelerator.is_main_process
+        if self.ema is not None and main:
             ckpt.dir.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in ema.shadow.items()},
+            save_file({k: v.contiguous() for k, v in self.ema.shadow.items()},
                       ckpt.dir / "ema.safetensors")
-        ckpt.save(step, data_mark=snap.data_mark, prompt_mark=prompt_mark,
-                  kl_coef=kl_ctl.value, prompt_rng=rng.getstate(), ptx_batches=ptx_drawn,
-                  records=metrics.records, samples=samples_log, sync_s=sync_s)
-        if ema is not None and accelerator.is_main_process:
+        ckpt.save(step, data_mark=self.snap.data_mark, prompt_mark=self.prompt_mark,
+                  reward_model=self.rm_version,
+                  kl_coef=self.kl_ctl.value, prompt_rng=self.rng.getstate(),
+                  ptx_batches=self.ptx_drawn, records=self.metrics.records,
+                  samples=self.samples_log, sync_s=self.sync_s)
+        if self.ema is not None and main:
             os.replace(ckpt.dir / "ema.safetensors", ckpt.state / "ema.safetensors")
 
-    # 4. The PPO loop: sample, score, advantages, update, sync the engine, adapt β.
-    steps = math.ceil(cfg.episodes / cfg.batch_size)
-    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    bar = tqdm(total=steps, initial=start, desc="ppo",
-               disable=not (cfg.progress and accelerator.is_main_process))
-    t_train = time.monotonic()
-    for step in range(start + 1, steps + 1):
-        batch_prompts = [rng.choice(train_prompts) for _ in range(cfg.batch_size)]
-        prompt_ids = [encode_prompt(tokenizer, p, max_prompt_len) for p in batch_prompts]
+    # -- 4. one PPO iteration ------------------------------------------------------------------
+
+    def iteration(self, step: int) -> dict[str, float]:
+        """Sample, score, advantages, update, sync the engine, adapt β; returns the rollout
+        statistics."""
+        cfg, acc, engine = self.cfg, self.accelerator, self.engine
+        batch_prompts = [self.rng.choice(self.train_prompts) for _ in range(cfg.batch_size)]
+        prompt_ids = [encode_prompt(self.tokenizer, p, self.max_prompt_len)
+                      for p in batch_prompts]
         clock = [time.perf_counter()]
         # 4a. Generate the trajectories on vLLM.
-        samples, tokens_per_s = rollout(engine, accelerator, prompt_ids, cfg, step)
+        samples, tokens_per_s = rollout(engine, acc, prompt_ids, cfg, step)
         if engine is not None and cfg.sleep_mode:
             engine.sleep(1)  # free its GPU memory for scoring and the update
         clock.append(time.perf_counter())
         # 4b. Score them: reward at the last token − β per-token KL; GAE advantages.
-        policy.eval()
-        batch = score_episodes(samples, policy, ref, value_model, reward_model, kl_ctl.value,
-                               cfg, tokenizer, stop_ids, device)
-        policy.train()
+        self.policy.eval()
+        batch = score_episodes(samples, self.policy, self.ref, self.value_model,
+                               self.reward_model, self.kl_ctl.value, cfg, self.tokenizer,
+                               self.stop_ids, self.device)
+        self.policy.train()
         clock.append(time.perf_counter())
-        # 4c. Clipped PPO + clipped value + ptx updates over minibatches.
-        losses = update(batch, policy, value_model, optimizer, scheduler, ptx_iter,
-                        accelerator, cfg)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(policy))
+        # 4c. Clipped PPO + clipped value + ptx updates over (micro-batched) minibatches.
+        losses = update(batch, self.policy, self.value_model, self.optimizer, self.scheduler,
+                        self.ptx_iter, acc, cfg)
+        if self.ptx_iter is not None:
+            self.ptx_drawn += math.ceil(batch.score.size(0) / self.per_process) * cfg.ppo_epochs
+        if self.ema is not None:
+            self.ema.update(acc.unwrap_model(self.policy))
         clock.append(time.perf_counter())
         # 4d. Load the new weights into the running engine, in place.
         if engine is not None and cfg.sleep_mode:
             engine.wake_up()
-        sync_s.append(sync_engine(engine, policy, accelerator, cfg))
-        stats = rollout_stats(batch, accelerator)
-        record = {**stats, **losses, "kl_coef": kl_ctl.value, "rollout_tokens_per_s":
-                  tokens_per_s, "weight_sync_s": sync_s[-1],
+        self.sync_s.append(sync_engine(engine, self.policy, acc, cfg))
+        # 4e. Log, adapt β, evaluate and checkpoint when due.
+        stats = rollout_stats(batch, acc)
+        record = {**stats, **losses, "kl_coef": self.kl_ctl.value,
+                  "rollout_tokens_per_s": tokens_per_s, "weight_sync_s": self.sync_s[-1],
                   "weight_sync_mb": (engine.last_sync.get("bytes", 0) / 2**20
                                      if engine is not None else 0.0),
                   "rollout_s": clock[1] - clock[0], "score_s": clock[2] - clock[1],
                   "update_s": clock[3] - clock[2]}
-        kl_ctl.update(stats["kl_to_ref"], cfg.batch_size)
-        if ptx_iter is not None:
-            ptx_drawn += math.ceil(batch.score.size(0) / per_process) * cfg.ppo_epochs
-        metrics.log(step, "train", **record)
-        if on_step is not None and accelerator.is_main_process:
-            on_step(record)
-        bar.update()
-        bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl_to_ref']:.3f}")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
-            run_eval(step, f"step_{step}")
-        if ckpt.due(step) and step < steps:
-            save_checkpoint(step)
-    bar.close()
-    train_s = time.monotonic() - t_train
+        self.kl_ctl.update(stats["kl_to_ref"], cfg.batch_size)
+        self.metrics.log(step, "train", **record)
+        if self.on_step is not None and acc.is_main_process:
+            self.on_step(record)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < self.steps:
+            self.evaluate(step, f"step_{step}")
+        if self.ckpt.due(step) and step < self.steps:
+            self.save_checkpoint(step)
+        return stats
 
-    # 5. The published weights: the EMA if configured; evaluate them on held-out prompts.
-    if ema is not None:
-        ema.copy_to(accelerator.unwrap_model(policy))
-        sync_engine(engine, policy, accelerator, cfg)
-    run_eval(steps, "candidate")
-    if engine is not None:
-        engine.shutdown()
+    # -- 5. the published weights: the EMA if configured, evaluated on held-out prompts ------
 
-    # 6. Save the policy with its tokenizer, register it and announce the candidate.
-    #    LoRA: the adapters are folded in, so the version is an ordinary full checkpoint.
-    saved = lora.merge(accelerator.unwrap_model(policy)) if cfg.lora is not None else policy
-    if not save_model(accelerator, saved, staging):
-        return shared_result(accelerator, registry, None, "policy", staging)
-    tokenizer.save_pretrained(staging)
-    if not cfg.fsdp:
-        accelerator.unwrap_model(value_model).rm.save_pretrained(staging / VALUE_DIR)
-    (staging / "eval_samples.json").write_text(json.dumps(samples_log, indent=1))
-    final = final_metrics(metrics, sync_s, steps=steps, reward_model=rm_version,
-                          prompt_source=prompt_source, ptx_source=ptx_source,
-                          prompt_mark=prompt_mark, value_init=value_init,
-                          train_prompts=len(train_prompts), eval_prompts=len(eval_prompts),
-                          trainable_params=trainable, total_params=total)
-    manifest = publish(
-        registry, "policy", staging, parent=parent, snap=snap,
-        config={"recipe": "ppo", **cfg.model_dump(mode="json"), "reward_model": rm_version,
-                "reference": reference, "prompt_mark": prompt_mark},
-        metrics=final, timing={"train_s": train_s, "total_s": time.monotonic() - t0},
-        records=metrics.records,
-        plot_keys=["reward_mean", "kl_to_ref", "entropy", "value_loss", "clip_fraction",
-                   "weight_sync_s"], kafka=kafka)
-    ckpt.finish()
-    return shared_result(accelerator, registry, manifest, "policy", staging)
+    def finish(self) -> None:
+        if self.ema is not None:
+            self.ema.copy_to(self.accelerator.unwrap_model(self.policy))
+            sync_engine(self.engine, self.policy, self.accelerator, self.cfg)
+        self.evaluate(self.steps, "candidate")
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    # -- 6. save, register and announce the candidate ------------------------------------------
+
+    def publish(self, train_s: float) -> Manifest:
+        """Save the policy with its tokenizer and value model, register it and announce the
+        candidate. LoRA: the adapters are folded in, so the version is an ordinary full
+        checkpoint."""
+        cfg, acc, staging = self.cfg, self.accelerator, self.staging
+        saved = (lora.merge(acc.unwrap_model(self.policy)) if cfg.lora is not None
+                 else self.policy)
+        if not save_model(acc, saved, staging):
+            return shared_result(acc, self.registry, None, "policy", staging)
+        self.tokenizer.save_pretrained(staging)
+        if not cfg.fsdp:
+            acc.unwrap_model(self.value_model).rm.save_pretrained(staging / VALUE_DIR)
+        (staging / "eval_samples.json").write_text(json.dumps(self.samples_log, indent=1))
+        final = final_metrics(self.metrics, self.sync_s, steps=self.steps,
+                              reward_model=self.rm_version, prompt_source=self.prompt_source,
+                              ptx_source=self.ptx_source, prompt_mark=self.prompt_mark,
+                              value_init=self.value_init,
+                              train_prompts=len(self.train_prompts),
+                              eval_prompts=len(self.eval_prompts),
+                              trainable_params=self.trainable, total_params=self.total)
+        manifest = publish(
+            self.registry, "policy", staging, parent=self.parent, snap=self.snap,
+            config={"recipe": "ppo", **cfg.model_dump(mode="json"),
+                    "reward_model": self.rm_version, "reference": self.reference,
+                    "prompt_mark": self.prompt_mark},
+            metrics=final, timing={"train_s": train_s, "total_s": time.monotonic() - self.t0},
+            records=self.metrics.records,
+            plot_keys=["reward_mean", "kl_to_ref", "entropy", "value_loss", "clip_fraction",
+                       "weight_sync_s"], kafka=self.kafka)
+        self.ckpt.finish()
+        return shared_result(acc, self.registry, manifest, "policy", staging)
 
 
 def _as_state(saved: list) -> tuple:

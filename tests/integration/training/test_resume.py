@@ -7,6 +7,7 @@ update 4. On CPU with the same data order, RNG and optimiser state the weights m
 the uninterrupted run's to float rounding.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,8 @@ REPO = Path(__file__).parents[3]
 
 def train(recipe: str, config: Path, db: str, registry: Path, *, resume: bool = False,
           kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """The recipe's CLI in its own process group; output through files, and whatever it
+    left behind (a SIGKILLed trainer's vLLM engine processes) killed with the group."""
     cmd = [sys.executable, "-m", "training.cli", recipe, "--config", str(config),
            "--database-url", db, "--registry", str(registry), "--no-announce",
            *(["--resume"] if resume else [])]
@@ -35,7 +38,16 @@ def train(recipe: str, config: Path, db: str, registry: Path, *, resume: bool = 
     env.pop(KILL_AT_ENV, None)
     if kill_at is not None:
         env[KILL_AT_ENV] = str(kill_at)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out, err = (registry.parent / f"{registry.name}-{recipe}.{s}" for s in ("out", "err"))
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=o, stderr=e,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, code, out.read_text(), err.read_text())
 
 
 @pytest.mark.parametrize("recipe,overrides,version", [
