@@ -135,6 +135,18 @@ class WeightSyncExtension:
 
 # -- trainer side ----------------------------------------------------------------------------
 
+def checkpoint_dtype(model: Path | str) -> str:
+    """The dtype a checkpoint's config.json declares (``float32`` when it declares none).
+
+    Not vLLM's ``auto``, which serves an fp32 checkpoint in half precision: the trainer's
+    fp32 log-probs would then differ from the engine's by ~1e-2.
+    """
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(model), "dtype", None) or torch.float32
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class Sample:
     """One sampled response: token ids and vLLM's log-prob of each sampled token."""
@@ -163,7 +175,7 @@ class RolloutEngine:
         (collective_rpc, any platform), ``ipc`` (vLLM's CUDA IPC weight-transfer engine),
         ``auto`` = ipc when CUDA is available. ``sleep_mode``: let ``sleep``/``wake_up``
         free the engine's GPU memory while the trainer updates (colocated engine).
-        ``dtype``: the engine's (``auto`` = the checkpoint's, as ``vllm serve``); synced
+        ``dtype``: the engine's (``auto`` = the checkpoint's own, ``checkpoint_dtype``); synced
         weights are cast to it on the trainer side. ``enforce_eager``: None = eager on CPU,
         CUDA graphs on a GPU."""
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -185,7 +197,8 @@ class RolloutEngine:
                                         name="rollout-engine")
         self._thread.start()
         args = AsyncEngineArgs(
-            model=str(model), dtype=dtype, max_model_len=max_model_len, seed=seed,  # type: ignore[arg-type]
+            model=str(model), max_model_len=max_model_len, seed=seed,
+            dtype=checkpoint_dtype(model) if dtype == "auto" else dtype,  # type: ignore[arg-type]
             max_num_seqs=max_num_seqs,
             enforce_eager=(not torch.cuda.is_available() if enforce_eager is None
                            else enforce_eager),

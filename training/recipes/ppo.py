@@ -148,6 +148,10 @@ class PPOConfig(RunConfig):
     engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Rollout engine dtype: `auto` = the checkpoint's (bf16 for the "
                             "small model, fp32 for the tiny one); synced weights are cast.")
+    offload_frozen: bool = Field(
+        False, description="GPU only: keep the frozen reference and reward-model backbone in "
+                           "CPU memory, each layer copied to the GPU as it runs (accelerate's "
+                           "cpu_offload): less GPU memory, slower scoring. No effect on CPU.")
     engine_eager: bool | None = Field(
         None, description="Rollout engine without CUDA graphs; None = eager on CPU only.")
     gpu_memory_utilization: float = Field(
@@ -863,6 +867,12 @@ class PPORecipe:
             policy, value_model, optimizer, scheduler)
         self.ref = ref if ref is not None else lora.AdaptersDisabled(
             acc.unwrap_model(self.policy))
+        if cfg.offload_frozen and device.type == "cuda":
+            from accelerate import cpu_offload
+
+            if ref is not None:
+                cpu_offload(ref.cpu(), execution_device=device)
+            cpu_offload(self.reward_model.backbone.cpu(), execution_device=device)
         self.ema = EMA(acc.unwrap_model(self.policy), cfg.ema_decay) if cfg.ema_decay else None
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                        if cfg.kl_target else FixedKLController(cfg.kl_coef))
