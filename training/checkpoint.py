@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 from accelerate import Accelerator
@@ -105,3 +106,17 @@ def advance_epoch(loader: Any) -> None:
     epoch's order is what it was in the interrupted run."""
     for _ in loader.batch_sampler:
         pass
+
+
+def epoch_batches(accelerator: Accelerator, loader: Any, epoch: int, start_epoch: int,
+                  skip: int) -> Iterator[tuple[int, Any]] | None:
+    """``(batch number from 1, batch)`` of ``epoch`` for a run resumed before batch
+    ``skip + 1`` of ``start_epoch`` (a fresh run: the first epoch, 0): None for an epoch
+    finished before the interruption (its data order is drawn, so later ones match), the
+    remaining batches of the interrupted epoch, every batch of a later one."""
+    if epoch < start_epoch:
+        advance_epoch(loader)
+        return None
+    first = skip if epoch == start_epoch else 0
+    part = accelerator.skip_first_batches(loader, first) if first else loader
+    return enumerate(part, start=first + 1)

@@ -33,7 +33,7 @@ from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
 from feedback.store.store import PreferenceGroup
 from training import lora
-from training.checkpoint import Checkpointer, advance_epoch
+from training.checkpoint import Checkpointer, epoch_batches
 from training.config import LoraSettings, RunConfig
 from training.datasets import (
     GOLD_SALT,
@@ -285,12 +285,10 @@ def train(cfg: RewardConfig, *, store, registry: Registry,
         bar.update(step)
     model.train()
     for epoch in range(cfg.epochs):
-        if epoch < start_epoch:  # done before the interruption: only its data order
-            advance_epoch(train_loader)
+        batches = epoch_batches(accelerator, train_loader, epoch, start_epoch, skip)
+        if batches is None:  # done before the interruption
             continue
-        first = skip if epoch == start_epoch else 0
-        loader = accelerator.skip_first_batches(train_loader, first) if first else train_loader
-        for batch_in_epoch, batch in enumerate(loader, start=first + 1):
+        for batch_in_epoch, batch in batches:
             if step >= steps:
                 break
             out = accumulate_ranking_loss(model, batch, accelerator, cfg.micro_batch_size)

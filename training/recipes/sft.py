@@ -38,7 +38,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from core.registry import Manifest, Registry
 from core.settings import KafkaSettings
-from training.checkpoint import Checkpointer, advance_epoch
+from training.checkpoint import Checkpointer, epoch_batches
 from training.config import RunConfig
 from training.datasets import (
     TrainingDataError,
@@ -273,12 +273,10 @@ def train(cfg: SFTConfig, *, store, registry: Registry,
                disable=not (cfg.progress and accelerator.is_main_process))
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        if epoch < start_epoch:  # done before the interruption: only its data order
-            advance_epoch(train_loader)
+        batches = epoch_batches(accelerator, train_loader, epoch, start_epoch, skip)
+        if batches is None:  # done before the interruption
             continue
-        first = skip if epoch == start_epoch else 0
-        loader = accelerator.skip_first_batches(train_loader, first) if first else train_loader
-        for batch_in_epoch, batch in enumerate(loader, start=first + 1):
+        for batch_in_epoch, batch in batches:
             if step >= steps:
                 break
             loss = accumulate_lm_loss(model, batch, accelerator, cfg)
