@@ -140,3 +140,49 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     if var_returns <= 0:
         return torch.zeros((), dtype=returns.dtype)
     return 1.0 - var(returns - values) / var_returns
+
+
+# -- critic-free baselines (RLOO, GRPO): k samples of one prompt are each other's baseline --
+
+def rloo_advantages(scores: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024): each sample's
+    baseline is the mean score of the prompt's other k − 1 samples.
+
+    A_i = r_i − 1/(k−1) Σ_{j≠i} r_j = k/(k−1) · (r_i − mean(r))
+
+    Args:
+        scores: (G, k) sequence scores of k ≥ 2 samples for each of G prompts.
+    Returns:
+        (G, k) advantages, one per sequence (broadcast over its tokens by the caller).
+    """
+    k = scores.size(1)
+    if k < 2:
+        raise ValueError("rloo_advantages: needs k >= 2 samples per prompt")
+    return (scores - scores.mean(dim=1, keepdim=True)) * (k / (k - 1))
+
+
+def grpo_advantages(scores: torch.Tensor, scale: bool = True, eps: float = 1e-6
+                    ) -> torch.Tensor:
+    """Group-relative advantages (GRPO, Shao et al. 2024): the prompt's mean subtracted and,
+    with ``scale``, divided by its sample standard deviation; ``scale=False`` is Dr. GRPO
+    (Liu et al. 2025), which drops the division (it up-weights prompts whose samples barely
+    differ).
+
+    Args:
+        scores: (G, k) sequence scores, k ≥ 2. Returns (G, k).
+    """
+    if scores.size(1) < 2:
+        raise ValueError("grpo_advantages: needs k >= 2 samples per prompt")
+    centred = scores - scores.mean(dim=1, keepdim=True)
+    return centred / (scores.std(dim=1, keepdim=True) + eps) if scale else centred
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π‖π_ref) estimate k3 = exp(log π_ref − log π) − (log π_ref − log π) − 1
+    (Schulman 2020), ≥ 0 and unbiased under samples of π: GRPO's KL loss term.
+
+    Args:
+        logprobs, ref_logprobs: (B, T) log-probs of the sampled tokens. Returns (B, T).
+    """
+    d = ref_logprobs - logprobs
+    return torch.exp(d) - d - 1.0

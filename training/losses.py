@@ -166,3 +166,58 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
         logits: (..., V). Returns (...).
     """
     return torch.distributions.Categorical(logits=logits).entropy()
+
+
+# -- direct preference optimisation on stored rankings --------------------------------------
+
+class PreferenceLoss(NamedTuple):
+    loss: torch.Tensor  # scalar
+    accuracy: torch.Tensor  # scalar: share of pairs whose implicit reward ranks them right
+    margin: torch.Tensor  # scalar: mean β · (Δ_chosen − Δ_rejected)
+
+
+def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
+             beta: float = 0.1, variant: str = "sigmoid") -> PreferenceLoss:
+    """DPO (Rafailov et al. 2023) or IPO (Azar et al. 2023) on (chosen, rejected) pairs.
+
+    Δ = log π(y|x) − log π_ref(y|x), summed over the response's tokens, is the implicit
+    reward / β. DPO: L = −log σ(β (Δ_w − Δ_l)); IPO: L = (Δ_w − Δ_l − 1/(2β))².
+
+    Args:
+        chosen_logratios, rejected_logratios: (P,) Δ of the preferred and the other answer.
+        beta: β (TRL's default 0.1). variant: ``sigmoid`` (DPO) or ``ipo``.
+    """
+    diff = chosen_logratios - rejected_logratios  # (P,)
+    if variant == "sigmoid":
+        loss = -F.logsigmoid(beta * diff).mean()
+    elif variant == "ipo":
+        loss = ((diff - 1.0 / (2.0 * beta)) ** 2).mean()
+    else:
+        raise ValueError(f"dpo_loss: variant must be sigmoid or ipo, got {variant!r}")
+    with torch.no_grad():
+        accuracy = (diff > 0).float().mean()
+        margin = (beta * diff).mean()
+    return PreferenceLoss(loss, accuracy, margin)
+
+
+def plackett_luce_loss(logratios: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor,
+                       beta: float = 0.1) -> torch.Tensor:
+    """Negative Plackett-Luce log-likelihood of K-way rankings under the implicit rewards
+    β·Δ (DPO's K-way form, Rafailov et al. 2023 appendix A.3).
+
+    The best answer is chosen among all, the next among the rest, and so on:
+    −log P = −Σ_j [ β Δ_(j) − log Σ_{m: rank_m ≥ rank_(j)} exp(β Δ_m) ]. Tied answers stay in
+    each other's denominators (Breslow's rule), so a tie is not a preference; the last
+    stage (one answer left) adds nothing. Mean over groups of the sum over stages.
+
+    Args:
+        logratios: (G, K) Δ of each answer. ranks: (G, K), 1 = best. mask: (G, K) real.
+    """
+    valid = mask.bool()
+    scores = beta * logratios
+    # [g, j, m]: answer m is still in the choice set when answer j is chosen
+    remaining = (ranks.unsqueeze(1) >= ranks.unsqueeze(2)) & valid.unsqueeze(1)
+    denom = torch.logsumexp(scores.unsqueeze(1).masked_fill(~remaining, float("-inf")), dim=2)
+    # a stage with only the chosen answer left is certain: log 1 = 0
+    stage = (scores - denom).masked_fill(~valid | (remaining.sum(2) <= 1), 0.0)
+    return -stage.sum(1).mean()
