@@ -117,6 +117,25 @@ def ppo(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
          resume=resume)
 
 
+def _critic_free(algorithm: str):
+    def command(config: Path | None = ConfigOpt, database_url: str | None = DbOpt,
+                registry: Path | None = RegOpt, base: str | None = BaseOpt,
+                reward_model: str | None = typer.Option(
+                    None, "--reward-model", help="Reward version (default: the newest)."),
+                announce: bool = AnnounceOpt, resume: bool = ResumeOpt) -> None:
+        _run("ppo", config, database_url, registry, base, announce, reward_model=reward_model,
+             resume=resume, algorithm=algorithm)
+
+    command.__doc__ = (f"Critic-free RL ({algorithm}): the PPO recipe and config (ppo.yaml) "
+                       f"with algorithm: {algorithm}, samples_per_prompt answers per prompt "
+                       "and no value model → a candidate policy version.")
+    return command
+
+
+for _name in ("rloo", "grpo", "dr_grpo"):
+    train_app.command(_name.replace("_", "-"))(_critic_free(_name))
+
+
 @train_app.command()
 def cycle(database_url: str | None = DbOpt, registry: Path | None = RegOpt,
           min_new_rankings: int | None = typer.Option(

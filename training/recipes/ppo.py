@@ -53,7 +53,10 @@ from training.advantages import (
     FixedKLController,
     explained_variance,
     gae,
+    grpo_advantages,
+    kl_k3,
     kl_penalized_rewards,
+    rloo_advantages,
     whiten,
 )
 from training.checkpoint import Checkpointer
@@ -170,6 +173,17 @@ class PPOConfig(RunConfig):
         None, description="Train LoRA adapters instead of the full policy; the reference is "
                           "the base with adapters disabled when it is the parent; merged "
                           "into a full checkpoint at the end. None = full fine-tune.")
+    algorithm: Literal["ppo", "rloo", "grpo", "dr_grpo"] = Field(
+        "ppo", description="`ppo`: GAE advantages from a value model (InstructGPT). "
+                           "Critic-free, no value model: `rloo` (leave-one-out baseline), "
+                           "`grpo` (group mean and std), `dr_grpo` (group mean only); each "
+                           "draws samples_per_prompt answers per prompt.")
+    samples_per_prompt: int = Field(
+        4, ge=2, description="Answers per prompt for rloo/grpo/dr_grpo (batch_size and "
+                             "minibatch_size count answers; batch_size must divide by it).")
+    kl_penalty: Literal["reward", "loss"] = Field(
+        "reward", description="KL to the reference as a per-token reward penalty "
+                              "(InstructGPT) or as a k3 loss term weighted by kl_coef (GRPO).")
     value_backbone: Literal["own", "shared"] = Field(
         "own", description="`own`: the value model is a trainable copy of the reward model; "
                            "`shared`: a trainable value head on the reward model's frozen "
@@ -182,7 +196,15 @@ class PPOConfig(RunConfig):
         if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) must divide batch_size "
                              f"({self.batch_size}): each rollout is split into minibatches")
+        if self.critic_free and self.batch_size % self.samples_per_prompt:
+            raise ValueError(f"batch_size ({self.batch_size}) must divide by "
+                             f"samples_per_prompt ({self.samples_per_prompt}) for "
+                             f"{self.algorithm}: each prompt's answers are one group")
         return self
+
+    @property
+    def critic_free(self) -> bool:
+        return self.algorithm != "ppo"
 
     def unrunnable(self) -> list[str]:
         """``field: why`` for what would stop this run after its first rollout: the
@@ -492,30 +514,70 @@ def rollout(engine: RolloutEngine | None, accelerator: Accelerator, prompt_ids, 
 
 
 @torch.no_grad()
-def score_episodes(samples, policy, ref, value_model, reward_model, kl_coef: float,
-                   cfg: PPOConfig, tokenizer, stop_ids: Sequence[int], device) -> Scored:
-    """Reward, reference and old log-probs, values, then KL-penalised GAE advantages."""
+def _score_and_logprobs(samples, policy, ref, reward_model, cfg: PPOConfig, tokenizer,
+                        stop_ids: Sequence[int], device):
+    """Episodes, RM scores (B,), old and reference log-probs (B, R), engine gap (B, R)."""
     ep = pack_episodes(samples, tokenizer.pad_token_id).to(device)
-    micro = cfg.micro_batch_size
+    micro, chunk = cfg.micro_batch_size, cfg.logits_chunk_tokens
     score = torch.cat([reward_scores(reward_model, samples[part], stop_ids,
                                      tokenizer.pad_token_id, device, cfg.truncation,
                                      cfg.truncation_penalty)
                        for part in micro_slices(len(samples), micro)])  # (B,)
-    chunk = cfg.logits_chunk_tokens
     old_logprobs = by_micro_batch(
         lambda e: response_logprobs(policy, e, cfg.temperature, chunk_tokens=chunk), ep, micro)
     ref_logprobs = by_micro_batch(
         lambda e: response_logprobs(ref, e, cfg.temperature, chunk_tokens=chunk), ep, micro)
-    old_values = by_micro_batch(
-        lambda e: value_model(e.input_ids, e.attention_mask, e.positions), ep, micro)
-    rewards = kl_penalized_rewards(score, old_logprobs, ref_logprobs, ep.mask, kl_coef)
-    advantages, returns = gae(rewards, old_values, ep.mask, gamma=1.0, lam=cfg.gae_lambda)
     engine_lp = torch.zeros_like(old_logprobs)
     for i, s in enumerate(samples):
         engine_lp[i, :len(s.engine_logprobs)] = torch.tensor(s.engine_logprobs)
     gap = (engine_lp - old_logprobs).abs() * ep.mask
+    return ep, score, old_logprobs, ref_logprobs, gap
+
+
+@torch.no_grad()
+def score_episodes(samples, policy, ref, value_model, reward_model, kl_coef: float,
+                   cfg: PPOConfig, tokenizer, stop_ids: Sequence[int], device) -> Scored:
+    """Reward, reference and old log-probs, values, then KL-penalised GAE advantages."""
+    ep, score, old_logprobs, ref_logprobs, gap = _score_and_logprobs(
+        samples, policy, ref, reward_model, cfg, tokenizer, stop_ids, device)
+    old_values = by_micro_batch(
+        lambda e: value_model(e.input_ids, e.attention_mask, e.positions), ep,
+        cfg.micro_batch_size)
+    beta = kl_coef if cfg.kl_penalty == "reward" else 0.0
+    rewards = kl_penalized_rewards(score, old_logprobs, ref_logprobs, ep.mask, beta)
+    advantages, returns = gae(rewards, old_values, ep.mask, gamma=1.0, lam=cfg.gae_lambda)
     return Scored(ep, score, old_logprobs, ref_logprobs, old_values,
                   whiten(advantages, ep.mask), returns, gap)
+
+
+def group_advantages(scores: torch.Tensor, algorithm: str) -> torch.Tensor:
+    """(G, k) sequence scores → (G, k) advantages of the critic-free algorithms."""
+    if algorithm == "rloo":
+        return rloo_advantages(scores)
+    return grpo_advantages(scores, scale=algorithm == "grpo")
+
+
+@torch.no_grad()
+def score_groups(samples, policy, ref, reward_model, kl_coef: float, cfg: PPOConfig,
+                 tokenizer, stop_ids: Sequence[int], device, accelerator) -> Scored:
+    """Critic-free scoring: each prompt's ``samples_per_prompt`` answers are consecutive
+    in the rollout, so after gathering every process's shard (strided) the (G, k) score
+    matrix gives each answer its group baseline; the sequence advantage covers its tokens.
+    With ``kl_penalty: reward`` the score is r − β · Σ_t (log π − log π_ref)."""
+    ep, score, old_logprobs, ref_logprobs, gap = _score_and_logprobs(
+        samples, policy, ref, reward_model, cfg, tokenizer, stop_ids, device)
+    kl = ((old_logprobs - ref_logprobs) * ep.mask).sum(1)  # (B,)
+    local = score - kl_coef * kl if cfg.kl_penalty == "reward" else score
+    n, p = accelerator.num_processes, accelerator.process_index
+    everyone = accelerator.gather(local) if n > 1 else local
+    shard = local.size(0)
+    ordered = torch.empty_like(everyone)  # back to rollout order: sample i is on i % n
+    for q in range(n):
+        ordered[q::n] = everyone[q * shard:(q + 1) * shard]
+    adv = group_advantages(ordered.view(-1, cfg.samples_per_prompt), cfg.algorithm)
+    advantages = adv.flatten()[p::n].unsqueeze(1) * ep.mask  # (B, R)
+    zeros = torch.zeros_like(old_logprobs)
+    return Scored(ep, score, old_logprobs, ref_logprobs, zeros, advantages, zeros, gap)
 
 
 def update(batch: Scored, policy, value_model, optimizer, scheduler, ptx_iter, accelerator,
@@ -552,7 +614,8 @@ def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter
         ptx_tokens = max(int((ptx["labels"][:, 1:] != -100).sum()), 1)
     backwards = len(parts) + (len(ptx_parts) if ptx is not None else 0)
     sums = dict.fromkeys(("policy_loss", "value_loss", "clip_fraction", "approx_kl",
-                          "entropy", "ptx_loss"), 0.0)
+                          "entropy", "ptx_loss") + (("kl_loss",) if cfg.kl_penalty == "loss"
+                                                    else ()), 0.0)
 
     def syncing(index: int, value_too: bool) -> contextlib.ExitStack:
         """``no_sync`` for each module unless this (0-based) backward is its last of the
@@ -561,7 +624,7 @@ def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter
         stack = contextlib.ExitStack()
         if index != backwards - 1:
             stack.enter_context(accelerator.no_sync(policy))
-        if value_too and index != len(parts) - 1:
+        if value_too and value_model is not None and index != len(parts) - 1:
             stack.enter_context(accelerator.no_sync(value_model))
         return stack
 
@@ -572,12 +635,19 @@ def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter
             logprobs, entropy = response_logprobs(policy, ep, cfg.temperature,
                                                   with_entropy=True,
                                                   chunk_tokens=cfg.logits_chunk_tokens)
-            values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
             pl = ppo_policy_loss(logprobs, batch.old_logprobs[part], batch.advantages[part], m,
                                  cfg.clip_eps)
-            vl = value_loss(values, batch.old_values[part], batch.returns[part], m,
-                            cfg.value_clip_eps)
-            accelerator.backward(share * (pl.loss + cfg.vf_coef * vl))
+            loss, vl = pl.loss, torch.zeros(())
+            if value_model is not None:
+                values = value_model(ep.input_ids, ep.attention_mask, ep.positions)
+                vl = value_loss(values, batch.old_values[part], batch.returns[part], m,
+                                cfg.value_clip_eps)
+                loss = loss + cfg.vf_coef * vl
+            if cfg.kl_penalty == "loss":  # β · E_t[k3(π, π_ref)] (GRPO's KL term)
+                kl_term = masked_mean(kl_k3(logprobs, batch.ref_logprobs[part]), m)
+                loss = loss + cfg.kl_coef * kl_term
+                sums["kl_loss"] += (share * kl_term).item()
+            accelerator.backward(share * loss)
         for k, v in (("policy_loss", pl.loss), ("value_loss", vl),
                      ("clip_fraction", pl.clip_fraction), ("approx_kl", pl.approx_kl),
                      ("entropy", masked_mean(entropy, m))):
@@ -591,7 +661,8 @@ def minibatch_step(batch: Scored, rows, policy, value_model, optimizer, ptx_iter
                 accelerator.backward(lm)
             sums["ptx_loss"] += lm.item()
     accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-    accelerator.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
+    if value_model is not None:
+        accelerator.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad()
     return sums
@@ -845,26 +916,35 @@ class PPORecipe:
         ).to(device).eval().requires_grad_(False)
         if self.reward_model.backbone.config.vocab_size != policy.config.vocab_size:
             raise ValueError(f"{self.rm_version} and {self.parent} do not share a vocabulary")
-        value_path, self.value_init = value_start(self.registry, self.parent, self.rm_version,
-                                                  cfg.value_warm_start)
-        if cfg.value_backbone == "shared":
-            value_model, self.value_init = shared_value_model(self.reward_model), self.rm_version
-        else:
-            value_model = ValueModel(RewardModel.from_pretrained(value_path))
-            enable_gradient_checkpointing(value_model.rm.backbone, cfg)
-        self.trainable, self.total = (sum(c) for c in zip(
-            lora.trainable_count(policy), lora.trainable_count(value_model), strict=True))
-        optimizer = torch.optim.AdamW([
-            {"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr},
-            {"params": [p for p in value_model.parameters() if p.requires_grad],
-             "lr": cfg.value_lr or cfg.lr}],
-            weight_decay=cfg.weight_decay)
+        value_model: nn.Module | None = None  # critic-free algorithms have none
+        self.value_init: str | None = None
+        if not cfg.critic_free:
+            value_path, self.value_init = value_start(self.registry, self.parent,
+                                                      self.rm_version, cfg.value_warm_start)
+            if cfg.value_backbone == "shared":
+                value_model = shared_value_model(self.reward_model)
+                self.value_init = self.rm_version
+            else:
+                value_model = ValueModel(RewardModel.from_pretrained(value_path))
+                enable_gradient_checkpointing(value_model.rm.backbone, cfg)
+        counts = [lora.trainable_count(m) for m in (policy, value_model) if m is not None]
+        self.trainable, self.total = (sum(c) for c in zip(*counts, strict=True))
+        groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr}]
+        if value_model is not None:
+            groups.append({"params": [p for p in value_model.parameters() if p.requires_grad],
+                           "lr": cfg.value_lr or cfg.lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         # accelerate steps a prepared scheduler once per process per call
         # (split_batches=False), so its warm-up is counted in process-steps.
         scheduler = get_constant_schedule_with_warmup(
             optimizer, cfg.warmup_steps * acc.num_processes)
-        self.policy, self.value_model, self.optimizer, self.scheduler = acc.prepare(
-            policy, value_model, optimizer, scheduler)
+        self.value_model = None
+        if value_model is None:
+            self.policy, self.optimizer, self.scheduler = acc.prepare(
+                policy, optimizer, scheduler)
+        else:
+            self.policy, self.value_model, self.optimizer, self.scheduler = acc.prepare(
+                policy, value_model, optimizer, scheduler)
         self.ref = ref if ref is not None else lora.AdaptersDisabled(
             acc.unwrap_model(self.policy))
         if cfg.offload_frozen and device.type == "cuda":
@@ -935,7 +1015,10 @@ class PPORecipe:
         """Sample, score, advantages, update, sync the engine, adapt β; returns the rollout
         statistics."""
         cfg, acc, engine = self.cfg, self.accelerator, self.engine
-        batch_prompts = [self.rng.choice(self.train_prompts) for _ in range(cfg.batch_size)]
+        # PPO: batch_size prompts; critic-free: batch_size answers, k per prompt, in a row
+        k = cfg.samples_per_prompt if cfg.critic_free else 1
+        batch_prompts = [p for _ in range(cfg.batch_size // k)
+                         for p in [self.rng.choice(self.train_prompts)] * k]
         prompt_ids = [encode_prompt(self.tokenizer, p, self.max_prompt_len)
                       for p in batch_prompts]
         clock = [time.perf_counter()]
@@ -944,11 +1027,17 @@ class PPORecipe:
         if engine is not None and cfg.sleep_mode:
             engine.sleep(1)  # free its GPU memory for scoring and the update
         clock.append(time.perf_counter())
-        # 4b. Score them: reward at the last token − β per-token KL; GAE advantages.
+        # 4b. Score them: reward at the last token − β per-token KL; GAE advantages (PPO)
+        #     or each answer against its prompt's other answers (critic-free).
         self.policy.eval()
-        batch = score_episodes(samples, self.policy, self.ref, self.value_model,
-                               self.reward_model, self.kl_ctl.value, cfg, self.tokenizer,
-                               self.stop_ids, self.device)
+        if cfg.critic_free:
+            batch = score_groups(samples, self.policy, self.ref, self.reward_model,
+                                 self.kl_ctl.value, cfg, self.tokenizer, self.stop_ids,
+                                 self.device, acc)
+        else:
+            batch = score_episodes(samples, self.policy, self.ref, self.value_model,
+                                   self.reward_model, self.kl_ctl.value, cfg, self.tokenizer,
+                                   self.stop_ids, self.device)
         self.policy.train()
         clock.append(time.perf_counter())
         # 4c. Clipped PPO + clipped value + ptx updates over (micro-batched) minibatches.
@@ -1003,7 +1092,7 @@ class PPORecipe:
         if not save_model(acc, saved, staging):
             return shared_result(acc, self.registry, None, "policy", staging)
         self.tokenizer.save_pretrained(staging)
-        if not cfg.fsdp:
+        if not cfg.fsdp and self.value_model is not None:
             acc.unwrap_model(self.value_model).rm.save_pretrained(staging / VALUE_DIR)
         (staging / "eval_samples.json").write_text(json.dumps(self.samples_log, indent=1))
         final = final_metrics(self.metrics, self.sync_s, steps=self.steps,

@@ -76,3 +76,17 @@ def test_plackett_luce_ignores_padding_and_keeps_ties_in_each_others_choice_sets
     expected = -((1 - all3) + (0 - all3))
     assert plackett_luce_loss(logratios, ranks, mask, beta=1.0).item() == pytest.approx(
         expected)
+
+
+def test_critic_free_configs_need_whole_groups_in_a_batch():
+    from pydantic import ValidationError
+
+    from training.recipes.ppo import PPOConfig, group_advantages
+
+    assert PPOConfig(algorithm="rloo", samples_per_prompt=4, batch_size=16).critic_free
+    assert not PPOConfig().critic_free
+    with pytest.raises(ValidationError, match="must divide by samples_per_prompt"):
+        PPOConfig(algorithm="grpo", samples_per_prompt=3, batch_size=16, minibatch_size=8)
+    # the algorithm names pick the baselines above
+    assert group_advantages(SCORES, "rloo").tolist() == rloo_advantages(SCORES).tolist()
+    assert group_advantages(SCORES, "dr_grpo").tolist() == [[-2.0, -1.0, 0.0, 3.0]]
