@@ -4,6 +4,7 @@ prepared scheduler once per process per call unless the schedule is laid out for
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,11 @@ PROBE = Path(__file__).with_name("lr_probe.py")
 
 
 def lr_marks(processes: int, *flags: str) -> dict:
+    with socket.socket() as probe:  # a free port: a fixed one can still be held by the
+        probe.bind(("127.0.0.1", 0))  # previous run's store on a loaded machine
+        port = probe.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-           "--master_port", str(29600 + processes), str(PROBE), *flags]
+           "--master_port", str(port), str(PROBE), *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_LOG_LEVEL": "warning",
            "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
