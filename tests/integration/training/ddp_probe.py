@@ -104,6 +104,10 @@ def main() -> None:
               "ppo": ppo(acc, path, acc.process_index)}
     if acc.is_main_process:
         print(json.dumps(result))
+    # leave the gloo group before exit: without it a rank can abort in teardown
+    # ("terminate called without an active exception", exit -6; seen once in a full run)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

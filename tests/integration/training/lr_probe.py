@@ -35,6 +35,10 @@ def main() -> None:
     marks = {f"{q}%": lrs[round(steps * q / 100) - 1] for q in (25, 50, 75, 100)}
     if accelerator.is_main_process:
         print(json.dumps({"processes": accelerator.num_processes, "steps": steps, **marks}))
+    # leave the gloo group before exit: without it a rank can abort in teardown
+    # ("terminate called without an active exception", exit -6; seen once in a full run)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
