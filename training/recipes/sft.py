@@ -48,7 +48,7 @@ from training.datasets import (
     split_by_prompt,
 )
 from training.formatting import render_prompt, stop_token_ids
-from training.logprobs import DEFAULT_CHUNK_TOKENS, lm_loss_sum, micro_slices
+from training.logprobs import lm_loss_sum, micro_slices
 from training.metrics import MetricsLog
 from training.runs import (
     cosine_optimizer,
@@ -144,16 +144,15 @@ def epoch_scorer(registry: Registry, cfg: SFTConfig):
 
 
 @torch.no_grad()
-def heldout_loss(model, loader, accelerator, cfg: SFTConfig | None = None) -> float:
+def heldout_loss(model, loader, accelerator, cfg: SFTConfig) -> float:
     """Token-weighted LM loss on the held-out demonstrations' response tokens."""
     model.eval()
     total, tokens = 0.0, 0
-    micro = cfg.micro_batch_size if cfg else None
-    chunk = cfg.logits_chunk_tokens if cfg else DEFAULT_CHUNK_TOKENS
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        for part in micro_slices(batch["input_ids"].size(0), micro):
-            nll, n = lm_loss_sum(model, {k: v[part] for k, v in batch.items()}, chunk)
+        for part in micro_slices(batch["input_ids"].size(0), cfg.micro_batch_size):
+            nll, n = lm_loss_sum(model, {k: v[part] for k, v in batch.items()},
+                                 cfg.logits_chunk_tokens)
             total += nll.item()
             tokens += n
     model.train()
